@@ -1,0 +1,192 @@
+//! The REST API: axum routes over the library, problem+json errors, OpenAPI at
+//! `/openapi.json`. Handlers stay thin: check the caller, call [`crate::datanet::service`],
+//! reply.
+
+pub mod datanets;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod openapi;
+pub mod tokens;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tokio::net::TcpListener;
+use utoipa::OpenApi;
+
+use crate::auth::{self, Role, TokenRequest};
+use crate::datanet::service::{DatanetError, Datanets};
+use crate::store::CF_META;
+use error::ApiError;
+
+/// Limits on what one request may send.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A contribution upload, streamed.
+    pub max_upload_bytes: u64,
+    /// Any JSON body.
+    pub max_json_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 4 << 30,
+            max_json_bytes: 2 << 20,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub datanets: Arc<Datanets>,
+    pub limits: Limits,
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+/// Runs blocking library work off the async workers.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
+}
+
+pub fn router(state: AppState) -> Router {
+    let upload = Router::new()
+        .route(
+            "/v1/datanets/{id}/contributions",
+            post(datanets::contribute).get(datanets::list_batches),
+        )
+        .layer(DefaultBodyLimit::disable());
+    Router::new()
+        .route("/v1/datanets", post(datanets::create).get(datanets::list))
+        .route(
+            "/v1/datanets/{id}",
+            get(datanets::get).patch(datanets::update),
+        )
+        .route(
+            "/v1/datanets/{id}/contributions/{batch}",
+            get(datanets::get_batch),
+        )
+        .route(
+            "/v1/datanets/{id}/contributions/{batch}/review",
+            post(datanets::review),
+        )
+        .route(
+            "/v1/datanets/{id}/records/{record}",
+            get(datanets::get_record),
+        )
+        .route("/v1/datanets/{id}/withdrawals", post(datanets::withdraw))
+        .route(
+            "/v1/datanets/{id}/versions",
+            post(datanets::publish).get(datanets::list_versions),
+        )
+        .route("/v1/datanets/{id}/versions/{v}", get(datanets::get_version))
+        .route(
+            "/v1/datanets/{id}/versions/{v}/export",
+            get(datanets::export),
+        )
+        .route(
+            "/v1/datanets/{id}/versions/{v}/proofs/{record}",
+            get(datanets::proof),
+        )
+        .route("/v1/tokens", post(tokens::create))
+        .layer(DefaultBodyLimit::max(state.limits.max_json_bytes))
+        .merge(upload)
+        .route(
+            "/openapi.json",
+            get(|| async { Json(openapi::ApiDoc::openapi()) }),
+        )
+        .route(
+            "/metrics",
+            get(|State(app): State<AppState>| async move { app.metrics.render() }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "not-found",
+                "no such route",
+            )
+        })
+        .with_state(state)
+}
+
+/// Where the first admin token is written, readable by the operator alone.
+pub fn admin_token_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("admin-token")
+}
+
+/// At first start, makes the admin token and writes it to `{data-dir}/admin-token`.
+pub fn ensure_admin_token(datanets: &Datanets) -> Result<Option<PathBuf>, DatanetError> {
+    const ISSUED: &[u8] = b"admin-token-issued";
+    let store = datanets.store();
+    if store.get(CF_META, ISSUED)?.is_some() {
+        return Ok(None);
+    }
+    let issued = auth::issue(
+        store,
+        TokenRequest {
+            subject: "admin".into(),
+            role: Role::Admin,
+            datanets: vec![],
+            address: None,
+        },
+    )?;
+    let path = admin_token_path(&datanets.dirs().root);
+    write_private(&path, &issued.token)?;
+    let mut batch = store.batch();
+    batch.put(CF_META, ISSUED, issued.grant.id.as_bytes());
+    batch.commit()?;
+    Ok(Some(path))
+}
+
+/// Writes a secret to a file only its owner can read.
+pub fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
+}
+
+/// Binds, announces the address on stdout (tests and scripts read this line) and serves until
+/// Ctrl-C or SIGTERM.
+pub async fn serve(state: AppState, listen: SocketAddr) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen).await?;
+    let local = listener.local_addr()?;
+    println!("listening on http://{local}");
+    tracing::info!(%local, "serving");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,32 @@
+//! The OpenAPI document, generated from the handlers' annotations.
+
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{datanets, tokens};
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Tributary", description = "Datanets, signed contributions and versions. Errors are application/problem+json."),
+    paths(
+        datanets::create, datanets::list, datanets::get, datanets::update,
+        datanets::contribute, datanets::list_batches, datanets::get_batch, datanets::review,
+        datanets::get_record, datanets::withdraw,
+        datanets::publish, datanets::list_versions, datanets::get_version, datanets::proof,
+        datanets::export, tokens::create,
+    ),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;

@@ -1,0 +1,258 @@
+//! The `tributary` command line: `serve` runs the server; the other commands are a client of
+//! its API (at `--url`), signing contributions locally with the contributor's key, which
+//! never leaves this machine.
+
+mod client;
+mod commands;
+mod demo;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use client::{Client, ClientError};
+
+use crate::datanet::BatchStatus;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tributary",
+    version,
+    about = "Payable AI: Datanets, signed contributions, attribution"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// The server to talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "TRIBUTARY_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub url: String,
+    /// Bearer token for the API.
+    #[arg(long, global = true, env = "TRIBUTARY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the bearer token (for example `tributary-data/admin-token`).
+    #[arg(long, global = true, env = "TRIBUTARY_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the REST server.
+    Serve(ServeArgs),
+    /// Make and show contributor keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Create, list, show and update Datanets.
+    #[command(subcommand)]
+    Datanets(DatanetsCommand),
+    /// Sign and upload a batch of records (JSONL, CSV, Parquet or Arrow IPC).
+    Contribute(ContributeArgs),
+    /// List, show and review contribution batches.
+    #[command(subcommand)]
+    Batches(BatchesCommand),
+    /// Publish, list and export versions; fetch inclusion proofs.
+    #[command(subcommand)]
+    Versions(VersionsCommand),
+    /// Look up and withdraw records.
+    #[command(subcommand)]
+    Records(RecordsCommand),
+    /// Make API tokens (admin).
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where RocksDB and the Parquet segments live.
+    #[arg(long, env = "TRIBUTARY_DATA_DIR", default_value = "tributary-data")]
+    pub data_dir: PathBuf,
+    #[arg(long, env = "TRIBUTARY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Seed a demo Datanet with a published version, and print a worked example.
+    #[arg(long)]
+    pub demo: bool,
+    /// Largest contribution upload accepted, in bytes.
+    #[arg(long, default_value_t = 4 << 30)]
+    pub max_upload_bytes: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyArg {
+    /// The contributor's key file (hex secp256k1 secret key).
+    #[arg(long, env = "TRIBUTARY_KEY")]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a new key and print its address.
+    New {
+        #[command(flatten)]
+        key: KeyArg,
+        /// Replace an existing key file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the address of a key.
+    Address {
+        #[command(flatten)]
+        key: KeyArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DatanetsCommand {
+    /// Create a Datanet from a JSON spec (id, name, license, schema, ...).
+    Create {
+        spec: PathBuf,
+    },
+    List,
+    Get {
+        id: String,
+    },
+    /// Change settings after creation.
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long, value_parser = ["manual", "auto"])]
+        review: Option<String>,
+        #[arg(long, value_parser = ["reject", "skip"])]
+        invalid_rows: Option<String>,
+        #[arg(long, value_parser = ["public", "private"])]
+        visibility: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ContributeArgs {
+    pub datanet: String,
+    pub file: PathBuf,
+    /// jsonl, csv, parquet or arrow; by default from the file's extension.
+    #[arg(long)]
+    pub format: Option<String>,
+    #[command(flatten)]
+    pub key: KeyArg,
+    /// Compute and print the record ids and signed root without uploading.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BatchesCommand {
+    List {
+        datanet: String,
+        #[arg(long, value_parser = parse_status)]
+        status: Option<BatchStatus>,
+    },
+    Get {
+        datanet: String,
+        batch: u64,
+    },
+    Approve {
+        datanet: String,
+        batch: u64,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    Reject {
+        datanet: String,
+        batch: u64,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+fn parse_status(s: &str) -> Result<BatchStatus, String> {
+    match s {
+        "pending" => Ok(BatchStatus::Pending),
+        "approved" => Ok(BatchStatus::Approved),
+        "rejected" => Ok(BatchStatus::Rejected),
+        other => Err(format!("{other:?} is not pending, approved or rejected")),
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VersionsCommand {
+    /// Publish a version of every approved batch, minus withdrawn records.
+    Publish {
+        datanet: String,
+    },
+    List {
+        datanet: String,
+    },
+    Get {
+        datanet: String,
+        version: u32,
+    },
+    /// Download a version as Parquet.
+    Export {
+        datanet: String,
+        version: u32,
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// The Merkle inclusion proof of a record in a version.
+    Proof {
+        datanet: String,
+        version: u32,
+        record: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RecordsCommand {
+    Get {
+        datanet: String,
+        record: String,
+    },
+    /// Withdraw records you contributed (signed with your key).
+    Withdraw {
+        datanet: String,
+        #[arg(required = true)]
+        records: Vec<String>,
+        #[command(flatten)]
+        key: KeyArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    Create {
+        #[arg(long)]
+        subject: String,
+        #[arg(long, value_parser = ["admin", "curator", "contributor", "reader"])]
+        role: String,
+        /// Scope the token to a Datanet (repeatable).
+        #[arg(long = "datanet")]
+        datanets: Vec<String>,
+        /// For contributors: the only address the token may contribute as.
+        #[arg(long)]
+        address: Option<String>,
+    },
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match commands::run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Parquet segments: one immutable file per accepted batch, written so that a crash leaves
+//! either no file or a whole one (temporary file, fsync, rename, fsync of the directory).
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+
+/// Rows per row group: bounds the writer's buffered memory on large batches.
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+const READ_BATCH_ROWS: usize = 8192;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    #[error("segment file {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("segment file {path}: {message}")]
+    Format { path: String, message: String },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SegmentError + '_ {
+    move |source| SegmentError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn format_error(path: &Path, e: impl std::fmt::Display) -> SegmentError {
+    SegmentError::Format {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+pub fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_size(ROW_GROUP_ROWS)
+        .set_created_by(format!("tributary {}", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// Writes a Parquet file under a temporary name; [`SegmentWriter::persist`] makes it durable
+/// under its final name.
+pub struct SegmentWriter {
+    tmp_path: PathBuf,
+    writer: ArrowWriter<BufWriter<File>>,
+    rows: u64,
+}
+
+impl SegmentWriter {
+    pub fn create(tmp_path: PathBuf, schema: SchemaRef) -> Result<Self, SegmentError> {
+        let file = File::create(&tmp_path).map_err(io_error(&tmp_path))?;
+        let writer = ArrowWriter::try_new(
+            BufWriter::with_capacity(1 << 20, file),
+            schema,
+            Some(writer_properties()),
+        )
+        .map_err(|e| format_error(&tmp_path, e))?;
+        Ok(Self {
+            tmp_path,
+            writer,
+            rows: 0,
+        })
+    }
+
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), SegmentError> {
+        self.rows += batch.num_rows() as u64;
+        self.writer
+            .write(batch)
+            .map_err(|e| format_error(&self.tmp_path, e))
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    pub fn tmp_path(&self) -> &Path {
+        &self.tmp_path
+    }
+
+    /// Finishes the file, syncs it, renames it to `final_path` and syncs the directory.
+    pub fn persist(self, final_path: &Path) -> Result<(), SegmentError> {
+        let tmp = self.tmp_path.clone();
+        let buffered = self
+            .writer
+            .into_inner()
+            .map_err(|e| format_error(&tmp, e))?;
+        let file = buffered
+            .into_inner()
+            .map_err(|e| io_error(&tmp)(e.into_error()))?;
+        file.sync_all().map_err(io_error(&tmp))?;
+        drop(file);
+        persist_file(&tmp, final_path)
+    }
+}
+
+/// Renames a synced file into place and syncs the directory that now holds it.
+pub fn persist_file(tmp: &Path, final_path: &Path) -> Result<(), SegmentError> {
+    let dir = final_path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io_error(dir))?;
+    fs::rename(tmp, final_path).map_err(io_error(final_path))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(dir))
+}
+
+/// Writes bytes durably to `final_path` through a temporary file in `tmp_dir`.
+pub fn write_durably(tmp_dir: &Path, final_path: &Path, bytes: &[u8]) -> Result<(), SegmentError> {
+    let tmp = tempfile::NamedTempFile::new_in(tmp_dir).map_err(io_error(tmp_dir))?;
+    let (mut file, tmp_path) = tmp.keep().map_err(|e| io_error(tmp_dir)(e.error))?;
+    file.write_all(bytes)
+        .and_then(|_| file.sync_all())
+        .map_err(io_error(&tmp_path))?;
+    drop(file);
+    persist_file(&tmp_path, final_path)
+}
+
+/// Reads a segment in batches, optionally only some columns.
+pub fn read(
+    path: &Path,
+    columns: Option<&[&str]>,
+) -> Result<impl Iterator<Item = Result<RecordBatch, SegmentError>>, SegmentError> {
+    let file = File::open(path).map_err(io_error(path))?;
+    let mut builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| format_error(path, e))?
+        .with_batch_size(READ_BATCH_ROWS);
+    if let Some(names) = columns {
+        let schema = builder.parquet_schema();
+        let indices: Vec<usize> = (0..schema.num_columns())
+            .filter(|&i| names.contains(&schema.column(i).name()))
+            .collect();
+        let mask = ProjectionMask::leaves(schema, indices);
+        builder = builder.with_projection(mask);
+    }
+    let reader = builder.build().map_err(|e| format_error(path, e))?;
+    let owned = path.to_path_buf();
+    Ok(reader.map(move |b| b.map_err(|e| format_error(&owned, e))))
+}

@@ -1,0 +1,974 @@
+//! The operations on Datanets, shared by the REST API and the offline CLI commands. Every
+//! function here is blocking; callers on an async runtime run them on a blocking thread.
+//!
+//! Durability: a contribution writes its segment to a temporary file, syncs and renames it,
+//! then commits the batch, its records and the Datanet's counter in one synced RocksDB batch.
+//! A crash before that commit leaves an orphan file, which [`Datanets::open`] removes.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray, UInt64Array,
+};
+use arrow::compute::filter_record_batch;
+use chrono::Utc;
+use parquet::arrow::ArrowWriter;
+
+use super::ingest::{self, ErrorReport, IngestError, Input, InputFormat};
+use super::record::{record_ids, RecordId};
+use super::schema::{SchemaError, COL_RECORD_ID, TIMEZONE};
+use super::segment::{self, SegmentError, SegmentWriter};
+use super::{
+    hex32, parse_hex32, withdrawal_message, Batch, BatchStatus, Datanet, DatanetSpec,
+    DatanetUpdate, Duplicate, InclusionProof, InvalidRows, RecordInfo, RecordLocation, ReviewMode,
+    Version, VersionSegment, WithdrawalReceipt, WithdrawalRequest,
+};
+use crate::identity::{recover_personal, Address, IdentityError, Signature};
+use crate::merkle::{self, Hash, MerkleTree};
+use crate::store::{Store, StoreError, CF_BATCHES, CF_CATALOG, CF_RECORDS, CF_WITHDRAWALS};
+
+/// How many duplicates a batch lists; the total is always counted.
+pub const MAX_REPORTED_DUPLICATES: usize = 100;
+/// How many record ids one withdrawal may name.
+pub const MAX_WITHDRAWAL_RECORDS: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatanetError {
+    #[error("no Datanet {0:?}")]
+    NotFound(String),
+    #[error("a Datanet {0:?} already exists")]
+    AlreadyExists(String),
+    #[error("{field}: {message}")]
+    InvalidField { field: String, message: String },
+    #[error("no batch {batch} in Datanet {datanet:?}")]
+    BatchNotFound { datanet: String, batch: u64 },
+    #[error("no version {version} of Datanet {datanet:?}")]
+    VersionNotFound { datanet: String, version: u32 },
+    #[error("no record {record} in Datanet {datanet:?}")]
+    RecordNotFound { datanet: String, record: String },
+    #[error("record {record} is not in version {version}")]
+    RecordNotInVersion { record: String, version: u32 },
+    #[error("{} row problem(s) in the batch; nothing was stored", .0.total)]
+    InvalidRows(Box<ErrorReport>),
+    #[error("the upload has no valid rows")]
+    EmptyBatch,
+    #[error(transparent)]
+    Upload(#[from] IngestError),
+    #[error("signature: {0}")]
+    Signature(#[from] IdentityError),
+    #[error("the signature was made by {recovered}, not by the claimed contributor {claimed}: the batch's records do not match what was signed, or another key signed it")]
+    SignerMismatch {
+        claimed: Address,
+        recovered: Address,
+    },
+    #[error("batch {batch} is already {status:?}")]
+    AlreadyReviewed { batch: u64, status: BatchStatus },
+    #[error("record {record} was contributed by {owner}, not {caller}")]
+    NotOwner {
+        record: String,
+        owner: Address,
+        caller: Address,
+    },
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("data directory: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> DatanetError {
+    DatanetError::InvalidField {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+impl From<SchemaError> for DatanetError {
+    fn from(e: SchemaError) -> Self {
+        invalid(e.field, e.message)
+    }
+}
+
+/// The folders of a data directory.
+#[derive(Debug, Clone)]
+pub struct DataDirs {
+    pub root: PathBuf,
+    pub db: PathBuf,
+    pub tmp: PathBuf,
+    pub segments: PathBuf,
+    pub versions: PathBuf,
+    pub exports: PathBuf,
+}
+
+impl DataDirs {
+    pub fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            db: root.join("db"),
+            tmp: root.join("tmp"),
+            segments: root.join("segments"),
+            versions: root.join("versions"),
+            exports: root.join("exports"),
+        }
+    }
+}
+
+/// A signed contribution as it arrives: the claimed contributor and their signature over the
+/// Merkle root of the record ids of the batch's valid rows.
+#[derive(Debug, Clone)]
+pub struct Contribution {
+    pub format: InputFormat,
+    pub contributor: Address,
+    pub signature: Signature,
+}
+
+/// What the CLI computes before signing: the ids of the valid rows and their root.
+#[derive(Debug, Clone)]
+pub struct BatchCommitment {
+    pub ids: Vec<RecordId>,
+    pub root: Hash,
+    pub errors: ErrorReport,
+}
+
+pub struct Datanets {
+    store: Arc<Store>,
+    dirs: DataDirs,
+    /// One lock per Datanet: contributions, reviews and publications of a Datanet run one at a
+    /// time, which keeps deduplication exact.
+    locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+fn datanet_key(id: &str) -> String {
+    format!("datanet/{id}")
+}
+
+fn version_key(id: &str, version: u32) -> String {
+    format!("version/{id}/{version:010}")
+}
+
+fn batch_key(id: &str, batch: u64) -> String {
+    format!("{id}\0{batch:016x}")
+}
+
+fn record_key(id: &str, record: &RecordId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(id.len() + 33);
+    key.extend_from_slice(id.as_bytes());
+    key.push(0);
+    key.extend_from_slice(record);
+    key
+}
+
+fn segment_relpath(id: &str, batch: u64) -> String {
+    format!("segments/{id}/{batch:016x}.parquet")
+}
+
+pub fn record_id_hex(id: &RecordId) -> String {
+    hex::encode(id)
+}
+
+fn parse_record_id(s: &str, field: &str) -> Result<RecordId, DatanetError> {
+    parse_hex32(s).ok_or_else(|| invalid(field, format!("{s:?} is not a 32-byte hex record id")))
+}
+
+fn validate_spec(spec: &DatanetSpec) -> Result<(), DatanetError> {
+    let id_ok = !spec.id.is_empty()
+        && spec.id.len() <= 64
+        && spec
+            .id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !spec.id.starts_with('-');
+    if !id_ok {
+        return Err(invalid(
+            "id",
+            format!(
+                "{:?}: use 1 to 64 lowercase letters, digits and '-', not starting with '-'",
+                spec.id
+            ),
+        ));
+    }
+    if spec.name.trim().is_empty() || spec.name.len() > 200 {
+        return Err(invalid("name", "a name of 1 to 200 characters is required"));
+    }
+    validate_tags(&spec.tags)?;
+    if let Err(e) = spdx::Expression::parse(&spec.license) {
+        return Err(invalid(
+            "license",
+            format!(
+                "{:?} is not an SPDX licence identifier or expression: {e}",
+                spec.license
+            ),
+        ));
+    }
+    spec.schema.validate()?;
+    Ok(())
+}
+
+fn validate_tags(tags: &[String]) -> Result<(), DatanetError> {
+    if tags.len() > 32 {
+        return Err(invalid("tags", "at most 32 tags"));
+    }
+    for (i, tag) in tags.iter().enumerate() {
+        if tag.is_empty() || tag.len() > 64 {
+            return Err(invalid(format!("tags[{i}]"), "tags are 1 to 64 characters"));
+        }
+    }
+    Ok(())
+}
+
+impl Datanets {
+    /// Opens a data directory, creating it if needed, and removes what a crash left behind:
+    /// temporary files, and segments and leaf files no committed state refers to.
+    pub fn open(root: &Path) -> Result<Self, DatanetError> {
+        let dirs = DataDirs::new(root);
+        for dir in [
+            &dirs.root,
+            &dirs.tmp,
+            &dirs.segments,
+            &dirs.versions,
+            &dirs.exports,
+        ] {
+            fs::create_dir_all(dir)?;
+        }
+        let store = Arc::new(Store::open(&dirs.db)?);
+        let this = Self {
+            store,
+            dirs,
+            locks: Mutex::new(HashMap::new()),
+        };
+        let removed = this.collect_orphans()?;
+        if removed > 0 {
+            tracing::info!(removed, "removed files left by an interrupted write");
+        }
+        Ok(this)
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn dirs(&self) -> &DataDirs {
+        &self.dirs
+    }
+
+    fn collect_orphans(&self) -> Result<usize, DatanetError> {
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.dirs.tmp)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                fs::remove_dir_all(&path)?;
+            } else {
+                fs::remove_file(&path)?;
+            }
+            removed += 1;
+        }
+        let mut referenced: HashSet<PathBuf> = HashSet::new();
+        for datanet in self.list()? {
+            for batch in self.batches(&datanet.spec.id, None)? {
+                if let Some(seg) = &batch.segment {
+                    referenced.insert(self.dirs.root.join(seg));
+                }
+            }
+            for version in self.versions(&datanet.spec.id)? {
+                referenced.insert(self.dirs.root.join(&version.leaves));
+            }
+        }
+        for top in [&self.dirs.segments, &self.dirs.versions] {
+            for dir in fs::read_dir(top)? {
+                let dir = dir?.path();
+                if !dir.is_dir() {
+                    continue;
+                }
+                for file in fs::read_dir(&dir)? {
+                    let file = file?.path();
+                    if !referenced.contains(&file) {
+                        fs::remove_file(&file)?;
+                        removed += 1;
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    fn lock(&self, id: &str) -> Arc<Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(id.to_string()).or_default().clone()
+    }
+
+    // ---- catalog ----
+
+    pub fn create(&self, spec: DatanetSpec, curator: &str) -> Result<Datanet, DatanetError> {
+        validate_spec(&spec)?;
+        let lock = self.lock(&spec.id);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.find(&spec.id)?.is_some() {
+            return Err(DatanetError::AlreadyExists(spec.id));
+        }
+        let datanet = Datanet {
+            spec,
+            curators: vec![curator.to_string()],
+            created_at: Utc::now(),
+            batches: 0,
+            versions: 0,
+        };
+        let mut batch = self.store.batch();
+        batch.put_json(CF_CATALOG, datanet_key(&datanet.spec.id), &datanet)?;
+        batch.commit()?;
+        Ok(datanet)
+    }
+
+    pub fn find(&self, id: &str) -> Result<Option<Datanet>, DatanetError> {
+        Ok(self
+            .store
+            .get_json(CF_CATALOG, datanet_key(id).as_bytes())?)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Datanet, DatanetError> {
+        self.find(id)?
+            .ok_or_else(|| DatanetError::NotFound(id.to_string()))
+    }
+
+    pub fn list(&self) -> Result<Vec<Datanet>, DatanetError> {
+        Ok(self.store.scan_prefix_json(CF_CATALOG, b"datanet/")?)
+    }
+
+    pub fn update(&self, id: &str, update: DatanetUpdate) -> Result<Datanet, DatanetError> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut datanet = self.get(id)?;
+        if let Some(name) = update.name {
+            if name.trim().is_empty() || name.len() > 200 {
+                return Err(invalid("name", "a name of 1 to 200 characters is required"));
+            }
+            datanet.spec.name = name;
+        }
+        if let Some(description) = update.description {
+            datanet.spec.description = description;
+        }
+        if let Some(tags) = update.tags {
+            validate_tags(&tags)?;
+            datanet.spec.tags = tags;
+        }
+        if let Some(v) = update.visibility {
+            datanet.spec.visibility = v;
+        }
+        if let Some(r) = update.review {
+            datanet.spec.review = r;
+        }
+        if let Some(i) = update.invalid_rows {
+            datanet.spec.invalid_rows = i;
+        }
+        let mut batch = self.store.batch();
+        batch.put_json(CF_CATALOG, datanet_key(id), &datanet)?;
+        batch.commit()?;
+        Ok(datanet)
+    }
+
+    // ---- contributions ----
+
+    /// Reads an upload and computes what its contributor signs. The CLI calls this on the
+    /// file before uploading; the server calls the same readers while ingesting.
+    pub fn commitment(
+        datanet: &Datanet,
+        format: InputFormat,
+        input: Input,
+    ) -> Result<BatchCommitment, DatanetError> {
+        let schema = &datanet.spec.schema;
+        let mut reader = ingest::open(format, input, schema)?;
+        let mut errors = ErrorReport::default();
+        let mut ids = Vec::new();
+        while let Some(chunk) = reader.next_chunk(&mut errors)? {
+            ids.extend(record_ids(schema, &chunk.batch));
+        }
+        let root = merkle::root_of_bytes32(&ids);
+        Ok(BatchCommitment { ids, root, errors })
+    }
+
+    /// Ingests a signed batch: parse and check every row, deduplicate, verify the signature,
+    /// write the segment and commit. Returns the batch as stored.
+    pub fn contribute(
+        &self,
+        id: &str,
+        contribution: Contribution,
+        input: Input,
+    ) -> Result<Batch, DatanetError> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut datanet = self.get(id)?;
+        let schema = datanet.spec.schema.clone();
+        let batch_id = datanet.batches + 1;
+        let submitted_at = Utc::now();
+        let contributor_text = contribution.contributor.to_checksum();
+
+        let mut reader = ingest::open(contribution.format, input, &schema)?;
+        let mut errors = ErrorReport::default();
+        let tmp_path = self
+            .dirs
+            .tmp
+            .join(format!("{id}-{batch_id:016x}.parquet.tmp"));
+        let segment_schema = schema.segment_schema();
+        let mut writer = SegmentWriter::create(tmp_path.clone(), segment_schema.clone())?;
+        let result = (|| -> Result<_, DatanetError> {
+            let mut all_ids: Vec<RecordId> = Vec::new();
+            let mut seen: HashMap<RecordId, u64> = HashMap::new();
+            let mut index = Vec::new();
+            let mut duplicates = 0u64;
+            let mut duplicate_examples = Vec::new();
+            let reject_bad_rows = datanet.spec.invalid_rows == InvalidRows::Reject;
+            while let Some(chunk) = reader.next_chunk(&mut errors)? {
+                let ids = record_ids(&schema, &chunk.batch);
+                all_ids.extend_from_slice(&ids);
+                if reject_bad_rows && !errors.is_empty() {
+                    // The batch will be refused; keep reading only to report every problem.
+                    continue;
+                }
+                let keys: Vec<Vec<u8>> = ids.iter().map(|r| record_key(id, r)).collect();
+                let existing = self.store.multi_get(CF_RECORDS, &keys)?;
+                let mut keep = Vec::with_capacity(ids.len());
+                for (i, (record, found)) in ids.iter().zip(existing).enumerate() {
+                    let first = match found {
+                        Some(bytes) => RecordLocation::decode(&bytes).map(|l| l.batch),
+                        None => seen.get(record).map(|_| batch_id),
+                    };
+                    match first {
+                        Some(first_batch) => {
+                            duplicates += 1;
+                            if duplicate_examples.len() < MAX_REPORTED_DUPLICATES {
+                                duplicate_examples.push(Duplicate {
+                                    row: chunk.rows[i],
+                                    record_id: record_id_hex(record),
+                                    first_batch,
+                                });
+                            }
+                            keep.push(false);
+                        }
+                        None => {
+                            seen.insert(*record, chunk.rows[i]);
+                            keep.push(true);
+                        }
+                    }
+                }
+                let kept_ids: Vec<RecordId> = ids
+                    .iter()
+                    .zip(&keep)
+                    .filter(|(_, k)| **k)
+                    .map(|(r, _)| *r)
+                    .collect();
+                if kept_ids.is_empty() {
+                    continue;
+                }
+                let first_row = writer.rows();
+                let filtered = if kept_ids.len() == ids.len() {
+                    chunk.batch
+                } else {
+                    filter_record_batch(&chunk.batch, &BooleanArray::from(keep))
+                        .map_err(|e| invalid("body", e.to_string()))?
+                };
+                let with_system = add_system_columns(
+                    &segment_schema,
+                    &filtered,
+                    &kept_ids,
+                    &contributor_text,
+                    batch_id,
+                    submitted_at.timestamp_micros(),
+                )?;
+                writer.write(&with_system)?;
+                for (offset, record) in kept_ids.into_iter().enumerate() {
+                    index.push((record, (first_row + offset as u64) as u32));
+                }
+            }
+            Ok((all_ids, index, duplicates, duplicate_examples))
+        })();
+
+        let outcome = result.and_then(|(all_ids, index, duplicates, duplicate_examples)| {
+            if datanet.spec.invalid_rows == InvalidRows::Reject && !errors.is_empty() {
+                return Err(DatanetError::InvalidRows(Box::new(errors.clone())));
+            }
+            if all_ids.is_empty() {
+                return Err(DatanetError::EmptyBatch);
+            }
+            let root = merkle::root_of_bytes32(&all_ids);
+            let recovered = recover_personal(&root, &contribution.signature)?;
+            if recovered != contribution.contributor {
+                return Err(DatanetError::SignerMismatch {
+                    claimed: contribution.contributor,
+                    recovered,
+                });
+            }
+            Ok((
+                all_ids.len() as u64,
+                root,
+                index,
+                duplicates,
+                duplicate_examples,
+            ))
+        });
+        let (rows, root, index, duplicates, duplicate_examples) = match outcome {
+            Ok(v) => v,
+            Err(e) => {
+                drop(writer);
+                let _ = fs::remove_file(&tmp_path);
+                return Err(e);
+            }
+        };
+
+        let accepted = index.len() as u64;
+        let segment = if accepted > 0 {
+            let rel = segment_relpath(id, batch_id);
+            writer.persist(&self.dirs.root.join(&rel))?;
+            Some(rel)
+        } else {
+            drop(writer);
+            let _ = fs::remove_file(&tmp_path);
+            None
+        };
+        let status = match datanet.spec.review {
+            ReviewMode::Auto => BatchStatus::Approved,
+            ReviewMode::Manual => BatchStatus::Pending,
+        };
+        let batch = Batch {
+            datanet: id.to_string(),
+            id: batch_id,
+            status,
+            contributor: contribution.contributor,
+            merkle_root: hex32(&root),
+            signature: contribution.signature.to_hex(),
+            format: contribution.format,
+            submitted_at,
+            rows,
+            accepted,
+            duplicates,
+            invalid: errors.total,
+            duplicate_examples,
+            errors,
+            segment,
+            reviewed_at: (status == BatchStatus::Approved).then_some(submitted_at),
+            review_reason: (status == BatchStatus::Approved).then(|| "auto-approved".to_string()),
+        };
+        datanet.batches = batch_id;
+        let mut write = self.store.batch();
+        for (record, row) in &index {
+            let location = RecordLocation {
+                batch: batch_id,
+                row: *row,
+                contributor: contribution.contributor,
+            };
+            write.put(CF_RECORDS, record_key(id, record), location.encode());
+        }
+        write.put_json(CF_BATCHES, batch_key(id, batch_id), &batch)?;
+        write.put_json(CF_CATALOG, datanet_key(id), &datanet)?;
+        write.commit()?;
+        Ok(batch)
+    }
+
+    pub fn batch(&self, id: &str, batch: u64) -> Result<Batch, DatanetError> {
+        self.store
+            .get_json(CF_BATCHES, batch_key(id, batch).as_bytes())?
+            .ok_or_else(|| DatanetError::BatchNotFound {
+                datanet: id.to_string(),
+                batch,
+            })
+    }
+
+    pub fn batches(
+        &self,
+        id: &str,
+        status: Option<BatchStatus>,
+    ) -> Result<Vec<Batch>, DatanetError> {
+        let prefix = format!("{id}\0");
+        let all: Vec<Batch> = self.store.scan_prefix_json(CF_BATCHES, prefix.as_bytes())?;
+        Ok(all
+            .into_iter()
+            .filter(|b| status.is_none_or(|s| b.status == s))
+            .collect())
+    }
+
+    /// Approves or rejects a pending batch. A rejected batch's records leave the index (they
+    /// may be contributed again) and its segment is deleted.
+    pub fn review(
+        &self,
+        id: &str,
+        batch_id: u64,
+        approve: bool,
+        reason: Option<String>,
+    ) -> Result<Batch, DatanetError> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = self.batch(id, batch_id)?;
+        if batch.status != BatchStatus::Pending {
+            return Err(DatanetError::AlreadyReviewed {
+                batch: batch_id,
+                status: batch.status,
+            });
+        }
+        batch.reviewed_at = Some(Utc::now());
+        batch.review_reason = reason;
+        let mut write = self.store.batch();
+        let mut delete_after = None;
+        if approve {
+            batch.status = BatchStatus::Approved;
+        } else {
+            batch.status = BatchStatus::Rejected;
+            if let Some(rel) = batch.segment.take() {
+                let path = self.dirs.root.join(&rel);
+                for ids in segment::read(&path, Some(&[COL_RECORD_ID]))? {
+                    let ids = ids?;
+                    let column = ids.column(0).as_string::<i32>();
+                    for i in 0..column.len() {
+                        let record = parse_record_id(column.value(i), COL_RECORD_ID)?;
+                        write.delete(CF_RECORDS, record_key(id, &record));
+                    }
+                }
+                delete_after = Some(path);
+            }
+        }
+        write.put_json(CF_BATCHES, batch_key(id, batch_id), &batch)?;
+        write.commit()?;
+        if let Some(path) = delete_after {
+            // If this fails or we crash first, start-up collects the unreferenced file.
+            let _ = fs::remove_file(path);
+        }
+        Ok(batch)
+    }
+
+    // ---- records and withdrawals ----
+
+    pub fn record(&self, id: &str, record: &str) -> Result<RecordInfo, DatanetError> {
+        let record_id = parse_record_id(record, "record_id")?;
+        let location = self.locate(id, &record_id)?;
+        let batch = self.batch(id, location.batch)?;
+        let withdrawn = self
+            .store
+            .get(CF_WITHDRAWALS, &record_key(id, &record_id))?
+            .is_some();
+        Ok(RecordInfo {
+            record_id: record_id_hex(&record_id),
+            datanet: id.to_string(),
+            batch: location.batch,
+            row: location.row,
+            contributor: location.contributor,
+            batch_status: batch.status,
+            withdrawn,
+        })
+    }
+
+    fn locate(&self, id: &str, record: &RecordId) -> Result<RecordLocation, DatanetError> {
+        let bytes = self
+            .store
+            .get(CF_RECORDS, &record_key(id, record))?
+            .ok_or_else(|| DatanetError::RecordNotFound {
+                datanet: id.to_string(),
+                record: record_id_hex(record),
+            })?;
+        RecordLocation::decode(&bytes).ok_or_else(|| {
+            DatanetError::Store(StoreError::Corrupt {
+                cf: CF_RECORDS,
+                key: record_id_hex(record),
+                message: "record location has the wrong length".into(),
+            })
+        })
+    }
+
+    /// Withdraws records, proved by the contributor's signature over
+    /// [`withdrawal_message`]. Later versions leave them out; earlier ones keep them.
+    pub fn withdraw(
+        &self,
+        id: &str,
+        request: WithdrawalRequest,
+    ) -> Result<WithdrawalReceipt, DatanetError> {
+        if request.record_ids.is_empty() {
+            return Err(invalid("record_ids", "name at least one record"));
+        }
+        if request.record_ids.len() > MAX_WITHDRAWAL_RECORDS {
+            return Err(invalid(
+                "record_ids",
+                format!("at most {MAX_WITHDRAWAL_RECORDS} records per withdrawal"),
+            ));
+        }
+        let ids: Vec<RecordId> = request
+            .record_ids
+            .iter()
+            .enumerate()
+            .map(|(i, s)| parse_record_id(s, &format!("record_ids[{i}]")))
+            .collect::<Result<_, _>>()?;
+        let signature: Signature = request.signature.parse()?;
+        let root = merkle::root_of_bytes32(&ids);
+        let recovered = recover_personal(withdrawal_message(id, &root).as_bytes(), &signature)?;
+        if recovered != request.contributor {
+            return Err(DatanetError::SignerMismatch {
+                claimed: request.contributor,
+                recovered,
+            });
+        }
+        let lock = self.lock(id);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.get(id)?;
+        let mut write = self.store.batch();
+        let mut withdrawn = Vec::new();
+        let mut already = Vec::new();
+        for record in &ids {
+            let location = self.locate(id, record)?;
+            if location.contributor != request.contributor {
+                return Err(DatanetError::NotOwner {
+                    record: record_id_hex(record),
+                    owner: location.contributor,
+                    caller: request.contributor,
+                });
+            }
+            let key = record_key(id, record);
+            if self.store.get(CF_WITHDRAWALS, &key)?.is_some() {
+                already.push(record_id_hex(record));
+            } else {
+                write.put(CF_WITHDRAWALS, key, location.encode());
+                withdrawn.push(record_id_hex(record));
+            }
+        }
+        write.commit()?;
+        Ok(WithdrawalReceipt {
+            datanet: id.to_string(),
+            withdrawn,
+            already_withdrawn: already,
+        })
+    }
+
+    // ---- versions ----
+
+    /// Publishes a version of every approved batch, minus withdrawn records.
+    pub fn publish(&self, id: &str) -> Result<Version, DatanetError> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut datanet = self.get(id)?;
+        let approved: Vec<Batch> = self
+            .batches(id, Some(BatchStatus::Approved))?
+            .into_iter()
+            .filter(|b| b.segment.is_some())
+            .collect();
+        let approved_ids: HashSet<u64> = approved.iter().map(|b| b.id).collect();
+
+        let prefix = format!("{id}\0");
+        let mut deleted: HashMap<u64, Vec<u32>> = HashMap::new();
+        let mut withdrawn: HashSet<Vec<u8>> = HashSet::new();
+        self.store
+            .for_each_prefix(CF_WITHDRAWALS, prefix.as_bytes(), |key, value| {
+                if let Some(location) = RecordLocation::decode(value) {
+                    deleted
+                        .entry(location.batch)
+                        .or_default()
+                        .push(location.row);
+                }
+                withdrawn.insert(key.to_vec());
+                Ok(())
+            })?;
+        let mut leaves = Vec::new();
+        self.store
+            .for_each_prefix(CF_RECORDS, prefix.as_bytes(), |key, value| {
+                let Some(location) = RecordLocation::decode(value) else {
+                    return Ok(());
+                };
+                if approved_ids.contains(&location.batch) && !withdrawn.contains(key) {
+                    let mut record = [0u8; 32];
+                    record.copy_from_slice(&key[prefix.len()..]);
+                    leaves.push(merkle::leaf_bytes32(&record));
+                }
+                Ok(())
+            })?;
+        let tree = MerkleTree::from_leaves(leaves);
+        let version_number = datanet.versions + 1;
+        let leaves_rel = format!("versions/{id}/{version_number:010}.leaves");
+        let mut sorted = Vec::with_capacity(tree.len() * 32);
+        for leaf in tree.sorted_leaves() {
+            sorted.extend_from_slice(&leaf);
+        }
+        segment::write_durably(&self.dirs.tmp, &self.dirs.root.join(&leaves_rel), &sorted)?;
+
+        let segments = approved
+            .iter()
+            .map(|b| {
+                let mut rows = deleted.remove(&b.id).unwrap_or_default();
+                rows.sort_unstable();
+                VersionSegment {
+                    batch: b.id,
+                    file: b.segment.clone().unwrap_or_default(),
+                    rows: b.accepted,
+                    deleted: rows,
+                }
+            })
+            .collect();
+        let version = Version {
+            datanet: id.to_string(),
+            version: version_number,
+            created_at: Utc::now(),
+            records: tree.len() as u64,
+            merkle_root: hex32(&tree.root()),
+            schema: datanet.spec.schema.clone(),
+            license: datanet.spec.license.clone(),
+            segments,
+            leaves: leaves_rel,
+        };
+        datanet.versions = version_number;
+        let mut write = self.store.batch();
+        write.put_json(CF_CATALOG, version_key(id, version_number), &version)?;
+        write.put_json(CF_CATALOG, datanet_key(id), &datanet)?;
+        write.commit()?;
+        Ok(version)
+    }
+
+    pub fn version(&self, id: &str, version: u32) -> Result<Version, DatanetError> {
+        self.store
+            .get_json(CF_CATALOG, version_key(id, version).as_bytes())?
+            .ok_or_else(|| DatanetError::VersionNotFound {
+                datanet: id.to_string(),
+                version,
+            })
+    }
+
+    pub fn versions(&self, id: &str) -> Result<Vec<Version>, DatanetError> {
+        Ok(self
+            .store
+            .scan_prefix_json(CF_CATALOG, format!("version/{id}/").as_bytes())?)
+    }
+
+    /// The inclusion proof of a record in a version.
+    pub fn proof(
+        &self,
+        id: &str,
+        version: u32,
+        record: &str,
+    ) -> Result<InclusionProof, DatanetError> {
+        let record_id = parse_record_id(record, "record_id")?;
+        let manifest = self.version(id, version)?;
+        let bytes = fs::read(self.dirs.root.join(&manifest.leaves))?;
+        let leaves: Vec<Hash> = bytes
+            .chunks_exact(32)
+            .map(|c| {
+                let mut h = [0u8; 32];
+                h.copy_from_slice(c);
+                h
+            })
+            .collect();
+        let tree = MerkleTree::from_leaves(leaves);
+        let leaf = merkle::leaf_bytes32(&record_id);
+        let proof = tree
+            .proof(&leaf)
+            .ok_or_else(|| DatanetError::RecordNotInVersion {
+                record: record_id_hex(&record_id),
+                version,
+            })?;
+        Ok(InclusionProof {
+            datanet: id.to_string(),
+            version,
+            record_id: record_id_hex(&record_id),
+            leaf: hex32(&leaf),
+            proof: proof.iter().map(hex32).collect(),
+            root: hex32(&tree.root()),
+        })
+    }
+
+    /// The Parquet export of a version: its segments' rows minus its deletion vectors, with
+    /// the system columns. Versions are immutable, so the file is built once and kept.
+    pub fn export(&self, id: &str, version: u32) -> Result<PathBuf, DatanetError> {
+        let manifest = self.version(id, version)?;
+        let path = self
+            .dirs
+            .exports
+            .join(id)
+            .join(format!("{version:010}.parquet"));
+        if path.exists() {
+            return Ok(path);
+        }
+        let lock = self.lock(id);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if path.exists() {
+            return Ok(path);
+        }
+        let schema = manifest.schema.segment_schema();
+        let tmp = tempfile::NamedTempFile::new_in(&self.dirs.tmp)?;
+        let (file, tmp_path) = tmp.keep().map_err(|e| e.error)?;
+        let result = (|| -> Result<(), DatanetError> {
+            let mut writer = ArrowWriter::try_new(
+                std::io::BufWriter::with_capacity(1 << 20, file),
+                schema.clone(),
+                Some(segment::writer_properties()),
+            )
+            .map_err(|e| SegmentError::Format {
+                path: tmp_path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            for seg in &manifest.segments {
+                let mut row = 0usize;
+                let mut deleted = seg.deleted.iter().peekable();
+                for batch in segment::read(&self.dirs.root.join(&seg.file), None)? {
+                    let batch = batch?;
+                    let n = batch.num_rows();
+                    let keep: Vec<bool> = (row..row + n)
+                        .map(|r| {
+                            if deleted.peek().is_some_and(|&&d| d as usize == r) {
+                                deleted.next();
+                                false
+                            } else {
+                                true
+                            }
+                        })
+                        .collect();
+                    row += n;
+                    let batch = if keep.iter().all(|k| *k) {
+                        batch
+                    } else {
+                        filter_record_batch(&batch, &BooleanArray::from(keep))
+                            .map_err(|e| invalid("segments", e.to_string()))?
+                    };
+                    let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())
+                        .map_err(|e| invalid("segments", e.to_string()))?;
+                    writer.write(&batch).map_err(|e| SegmentError::Format {
+                        path: tmp_path.display().to_string(),
+                        message: e.to_string(),
+                    })?;
+                }
+            }
+            let buffered = writer.into_inner().map_err(|e| SegmentError::Format {
+                path: tmp_path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            let file = buffered.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp_path);
+            return Err(e);
+        }
+        segment::persist_file(&tmp_path, &path)?;
+        Ok(path)
+    }
+}
+
+fn add_system_columns(
+    segment_schema: &arrow::datatypes::SchemaRef,
+    batch: &RecordBatch,
+    ids: &[RecordId],
+    contributor: &str,
+    batch_id: u64,
+    submitted_at_micros: i64,
+) -> Result<RecordBatch, DatanetError> {
+    let n = batch.num_rows();
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    columns.push(std::sync::Arc::new(StringArray::from_iter_values(
+        ids.iter().map(record_id_hex),
+    )));
+    columns.push(std::sync::Arc::new(StringArray::from_iter_values(
+        std::iter::repeat_n(contributor, n),
+    )));
+    columns.push(std::sync::Arc::new(UInt64Array::from_value(batch_id, n)));
+    columns.push(std::sync::Arc::new(
+        TimestampMicrosecondArray::from_value(submitted_at_micros, n).with_timezone(TIMEZONE),
+    ));
+    columns.push(std::sync::Arc::new(Float64Array::from_value(1.0, n)));
+    RecordBatch::try_new(segment_schema.clone(), columns)
+        .map_err(|e| invalid("body", e.to_string()))
+}

@@ -1,0 +1,5 @@
+//! The `tributary` binary: see [`tributary::cli`].
+
+fn main() -> std::process::ExitCode {
+    tributary::cli::main()
+}

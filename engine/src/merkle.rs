@@ -1,0 +1,173 @@
+//! Keccak256 Merkle trees in the layout of OpenZeppelin's `StandardMerkleTree`.
+//!
+//! Everything Tributary commits outward (contribution batches, Datanet versions, later
+//! attribution batches and payouts) is a root of this kind, so a Solidity contract using
+//! `MerkleProof.verify`, or the `@openzeppelin/merkle-tree` JavaScript library, can check any
+//! proof we hand out.
+//!
+//! The layout, as the library defines it:
+//! - a leaf is `keccak256(keccak256(abi.encode(values)))`; for one `bytes32` value that is
+//!   `keccak256(keccak256(value))`;
+//! - leaves are sorted by hash, then stored at the end of a flat array in reverse order;
+//! - each inner node hashes its two children in sorted order (`hashPair`).
+//!
+//! An empty tree, which the library refuses to build, has the zero root here: a Datanet version
+//! with no records commits to nothing.
+
+use sha3::{Digest, Keccak256};
+
+/// A 32-byte keccak256 digest.
+pub type Hash = [u8; 32];
+
+/// keccak256 of `data`.
+pub fn keccak256(data: &[u8]) -> Hash {
+    Keccak256::digest(data).into()
+}
+
+/// The leaf hash of a single `bytes32` value (`abi.encode(bytes32)` is the value itself).
+pub fn leaf_bytes32(value: &Hash) -> Hash {
+    keccak256(&keccak256(value))
+}
+
+/// The leaf hash of an `(address, uint256)` pair, as payout trees use.
+pub fn leaf_address_uint256(address: &[u8; 20], amount: u128) -> Hash {
+    let mut encoded = [0u8; 64];
+    encoded[12..32].copy_from_slice(address);
+    encoded[48..64].copy_from_slice(&amount.to_be_bytes());
+    keccak256(&keccak256(&encoded))
+}
+
+fn hash_pair(a: &Hash, b: &Hash) -> Hash {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    let mut buf = [0u8; 64];
+    buf[..32].copy_from_slice(lo);
+    buf[32..].copy_from_slice(hi);
+    keccak256(&buf)
+}
+
+/// A built tree: the flat node array and the sorted leaves.
+#[derive(Debug, Clone)]
+pub struct MerkleTree {
+    nodes: Vec<Hash>,
+    leaf_count: usize,
+}
+
+impl MerkleTree {
+    /// Builds the tree over leaf hashes (already hashed with one of the `leaf_*` functions).
+    /// Order does not matter: leaves are sorted first, as the reference library does.
+    pub fn from_leaves(mut leaves: Vec<Hash>) -> Self {
+        leaves.sort_unstable();
+        let n = leaves.len();
+        if n == 0 {
+            return Self {
+                nodes: Vec::new(),
+                leaf_count: 0,
+            };
+        }
+        let mut nodes = vec![[0u8; 32]; 2 * n - 1];
+        let total = nodes.len();
+        for (i, leaf) in leaves.into_iter().enumerate() {
+            nodes[total - 1 - i] = leaf;
+        }
+        for i in (0..total - n).rev() {
+            nodes[i] = hash_pair(&nodes[2 * i + 1], &nodes[2 * i + 2]);
+        }
+        Self {
+            nodes,
+            leaf_count: n,
+        }
+    }
+
+    /// The root, or all zeros for an empty tree.
+    pub fn root(&self) -> Hash {
+        self.nodes.first().copied().unwrap_or([0u8; 32])
+    }
+
+    /// The leaves in ascending order.
+    pub fn sorted_leaves(&self) -> impl Iterator<Item = Hash> + '_ {
+        self.nodes.iter().rev().take(self.leaf_count).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.leaf_count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.leaf_count == 0
+    }
+
+    /// The proof for a leaf hash (sibling hashes from the leaf up), or `None` if it is not in
+    /// the tree.
+    pub fn proof(&self, leaf: &Hash) -> Option<Vec<Hash>> {
+        let total = self.nodes.len();
+        let first_leaf = total.checked_sub(self.leaf_count)?;
+        let mut index = (first_leaf..total).find(|&i| &self.nodes[i] == leaf)?;
+        let mut proof = Vec::new();
+        while index > 0 {
+            let sibling = if index % 2 == 1 { index + 1 } else { index - 1 };
+            proof.push(self.nodes[sibling]);
+            index = (index - 1) / 2;
+        }
+        Some(proof)
+    }
+}
+
+/// Checks a proof against a root, as `MerkleProof.verify` does on chain.
+pub fn verify(root: &Hash, leaf: &Hash, proof: &[Hash]) -> bool {
+    let computed = proof
+        .iter()
+        .fold(*leaf, |acc, sibling| hash_pair(&acc, sibling));
+    &computed == root
+}
+
+/// The root of a set of `bytes32` values (record ids), the commitment a contributor signs.
+pub fn root_of_bytes32<'a>(values: impl IntoIterator<Item = &'a Hash>) -> Hash {
+    MerkleTree::from_leaves(values.into_iter().map(leaf_bytes32).collect()).root()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: u8) -> Vec<Hash> {
+        (0..n).map(|i| keccak256(&[i])).collect()
+    }
+
+    #[test]
+    fn every_leaf_has_a_proof_that_verifies() {
+        for n in 1..=9u8 {
+            let leaves: Vec<Hash> = ids(n).iter().map(leaf_bytes32).collect();
+            let tree = MerkleTree::from_leaves(leaves.clone());
+            for leaf in &leaves {
+                let proof = tree.proof(leaf).expect("leaf is in the tree");
+                assert!(verify(&tree.root(), leaf, &proof), "n={n}");
+            }
+            let outsider = leaf_bytes32(&keccak256(b"not a member"));
+            assert!(tree.proof(&outsider).is_none());
+        }
+    }
+
+    #[test]
+    fn root_does_not_depend_on_input_order() {
+        let mut values = ids(7);
+        let a = root_of_bytes32(&values);
+        values.reverse();
+        assert_eq!(a, root_of_bytes32(&values));
+    }
+
+    #[test]
+    fn single_leaf_root_is_the_leaf_and_empty_is_zero() {
+        let v = keccak256(b"x");
+        assert_eq!(root_of_bytes32([&v]), leaf_bytes32(&v));
+        assert_eq!(root_of_bytes32([]), [0u8; 32]);
+    }
+
+    #[test]
+    fn tampered_proof_fails() {
+        let leaves: Vec<Hash> = ids(5).iter().map(leaf_bytes32).collect();
+        let tree = MerkleTree::from_leaves(leaves.clone());
+        let mut proof = tree.proof(&leaves[2]).expect("member");
+        proof[0][0] ^= 1;
+        assert!(!verify(&tree.root(), &leaves[2], &proof));
+    }
+}

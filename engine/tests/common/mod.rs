@@ -1,0 +1,128 @@
+//! Shared by the integration tests: a real `tributary serve` on a loopback port over a temp
+//! data directory, and the real CLI pointed at it.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tributary");
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+pub fn example(name: &str) -> PathBuf {
+    repo_root().join("examples/quickstart").join(name)
+}
+
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+}
+
+impl Server {
+    pub fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &[])
+    }
+
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tributary serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from the server: {line:?}"))
+            .to_string();
+        Self {
+            child,
+            url,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin-token"))
+            .expect("admin token file")
+            .trim()
+            .to_string()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn http(&self) -> reqwest::blocking::Client {
+        reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .expect("http client")
+    }
+
+    /// Runs the CLI against this server with `token` (if any).
+    pub fn cli(&self, token: Option<&str>, args: &[&str]) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env("TRIBUTARY_URL", &self.url)
+            .env_remove("TRIBUTARY_TOKEN");
+        cmd.env_remove("TRIBUTARY_TOKEN_FILE")
+            .env_remove("TRIBUTARY_KEY");
+        if let Some(t) = token {
+            cmd.env("TRIBUTARY_TOKEN", t);
+        }
+        cmd.output().expect("run the CLI")
+    }
+
+    /// Runs the CLI and returns its stdout parsed as JSON, failing the test if it failed.
+    pub fn cli_json(&self, token: Option<&str>, args: &[&str]) -> serde_json::Value {
+        let out = self.cli(token, args);
+        assert!(
+            out.status.success(),
+            "tributary {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "tributary {args:?} printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Makes a token with the admin token.
+    pub fn token(&self, subject: &str, role: &str, extra: &[&str]) -> String {
+        let mut args = vec!["tokens", "create", "--subject", subject, "--role", role];
+        args.extend_from_slice(extra);
+        let issued = self.cli_json(Some(&self.admin_token()), &args);
+        issued["token"].as_str().expect("token").to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

@@ -1,0 +1,1 @@
+//! Tributary plugin SDK (the guest side of the WIT worlds); filled in with the plugin platform.
