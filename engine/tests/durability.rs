@@ -43,7 +43,8 @@ fn acknowledged_batches_survive_sigkill() {
     let data = dir.path().join("data");
     let key = Key::generate();
     let mut spec: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("datanet.json")).expect("spec")).expect("json");
+        serde_json::from_str(&std::fs::read_to_string(example("datanet.json")).expect("spec"))
+            .expect("json");
     spec["review"] = "auto".into();
     let datanet: Datanet = {
         let server = Server::start(&data);
@@ -65,7 +66,10 @@ fn acknowledged_batches_survive_sigkill() {
     for round in 0..ROUNDS {
         let mut server = Server::start(&data);
         let token = server.admin_token();
-        let url = format!("{}/v1/datanets/kitchen-tips/contributions?format=jsonl", server.url);
+        let url = format!(
+            "{}/v1/datanets/kitchen-tips/contributions?format=jsonl",
+            server.url
+        );
         let acked: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
         let in_flight = Arc::new(AtomicBool::new(false));
         let uploader = {
@@ -97,10 +101,15 @@ fn acknowledged_batches_survive_sigkill() {
                     if response.status() != 201 {
                         return;
                     }
-                    let Ok(batch) = response.json::<Value>() else { return };
+                    let Ok(batch) = response.json::<Value>() else {
+                        return;
+                    };
                     let id = batch["id"].as_u64().expect("id");
                     assert_eq!(batch["accepted"], ROWS_PER_BATCH as u64, "fresh records");
-                    acked.lock().expect("lock").push((id, ROWS_PER_BATCH as u64));
+                    acked
+                        .lock()
+                        .expect("lock")
+                        .push((id, ROWS_PER_BATCH as u64));
                 }
             })
         };
@@ -115,21 +124,33 @@ fn acknowledged_batches_survive_sigkill() {
         // Restart and check.
         let server = Server::start(&data);
         let tmp_left: Vec<_> = std::fs::read_dir(data.join("tmp")).expect("tmp").collect();
-        assert!(tmp_left.is_empty(), "round {round}: temporary files survived a restart");
+        assert!(
+            tmp_left.is_empty(),
+            "round {round}: temporary files survived a restart"
+        );
         let batches: Vec<Value> = server
             .http()
-            .get(format!("{}/v1/datanets/kitchen-tips/contributions", server.url))
+            .get(format!(
+                "{}/v1/datanets/kitchen-tips/contributions",
+                server.url
+            ))
             .send()
             .expect("list")
             .json()
             .expect("json");
-        let stored: HashMap<u64, &Value> =
-            batches.iter().map(|b| (b["id"].as_u64().expect("id"), b)).collect();
+        let stored: HashMap<u64, &Value> = batches
+            .iter()
+            .map(|b| (b["id"].as_u64().expect("id"), b))
+            .collect();
         for (id, rows) in &acknowledged {
             let batch = stored
                 .get(id)
                 .unwrap_or_else(|| panic!("round {round}: acknowledged batch {id} is gone"));
-            assert_eq!(batch["accepted"].as_u64(), Some(*rows), "round {round}: batch {id}");
+            assert_eq!(
+                batch["accepted"].as_u64(),
+                Some(*rows),
+                "round {round}: batch {id}"
+            );
         }
         // Every batch the server shows, acknowledged or not, is whole.
         for batch in &batches {
@@ -143,11 +164,24 @@ fn acknowledged_batches_survive_sigkill() {
         let segment_files = std::fs::read_dir(data.join("segments/kitchen-tips"))
             .map(|d| d.count())
             .unwrap_or(0);
-        assert_eq!(segment_files, batches.len(), "round {round}: orphan segments were not collected");
+        assert_eq!(
+            segment_files,
+            batches.len(),
+            "round {round}: orphan segments were not collected"
+        );
     }
-    eprintln!("{} batches acknowledged over {ROUNDS} kills, {kills_mid_request} mid-request", acknowledged.len());
-    assert!(acknowledged.len() >= ROUNDS / 2, "too few batches acknowledged to mean anything");
-    assert!(kills_mid_request >= ROUNDS / 3, "only {kills_mid_request} kills landed mid-request");
+    eprintln!(
+        "{} batches acknowledged over {ROUNDS} kills, {kills_mid_request} mid-request",
+        acknowledged.len()
+    );
+    assert!(
+        acknowledged.len() >= ROUNDS / 2,
+        "too few batches acknowledged to mean anything"
+    );
+    assert!(
+        kills_mid_request >= ROUNDS / 3,
+        "only {kills_mid_request} kills landed mid-request"
+    );
 
     // The surviving data publishes into one consistent version.
     let server = Server::start(&data);
@@ -161,11 +195,19 @@ fn acknowledged_batches_survive_sigkill() {
         .expect("version");
     let datanet: Value = server
         .http()
-        .get(format!("{}/v1/datanets/kitchen-tips/contributions", server.url))
+        .get(format!(
+            "{}/v1/datanets/kitchen-tips/contributions",
+            server.url
+        ))
         .send()
         .expect("list")
         .json()
         .expect("json");
-    let total: u64 = datanet.as_array().expect("list").iter().map(|b| b["accepted"].as_u64().unwrap_or(0)).sum();
+    let total: u64 = datanet
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|b| b["accepted"].as_u64().unwrap_or(0))
+        .sum();
     assert_eq!(version["records"].as_u64(), Some(total));
 }
