@@ -23,6 +23,7 @@ pub mod identity;
 pub mod merkle;
 pub mod store;
 
-pub use datanet::service::{Contribution, DatanetError, Datanets};
+pub use datanet::contribute::Contribution;
+pub use datanet::service::{DatanetError, Datanets};
 pub use datanet::{Batch, BatchStatus, Datanet, DatanetSpec, Version};
 pub use identity::{Address, Key, Signature};

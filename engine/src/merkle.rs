@@ -45,6 +45,33 @@ fn hash_pair(a: &Hash, b: &Hash) -> Hash {
     keccak256(&buf)
 }
 
+/// Levels smaller than this are hashed on one thread: spawning costs more than it saves.
+const PARALLEL_LEVEL: usize = 1 << 14;
+
+/// Hashes the nodes `first..first + parents.len()` from their children, which live in
+/// `children` starting at node index `offset`.
+fn hash_level(parents: &mut [Hash], first: usize, children: &[Hash], offset: usize) {
+    let fill = |slice: &mut [Hash], start: usize| {
+        for (k, node) in slice.iter_mut().enumerate() {
+            let i = start + k;
+            *node = hash_pair(&children[2 * i + 1 - offset], &children[2 * i + 2 - offset]);
+        }
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |t| t.get())
+        .min(8);
+    if parents.len() < PARALLEL_LEVEL || threads < 2 {
+        fill(parents, first);
+        return;
+    }
+    let per = parents.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        for (j, slice) in parents.chunks_mut(per).enumerate() {
+            scope.spawn(move || fill(slice, first + j * per));
+        }
+    });
+}
+
 /// A built tree: the flat node array and the sorted leaves.
 #[derive(Debug, Clone)]
 pub struct MerkleTree {
@@ -69,8 +96,17 @@ impl MerkleTree {
         for (i, leaf) in leaves.into_iter().enumerate() {
             nodes[total - 1 - i] = leaf;
         }
-        for i in (0..total - n).rev() {
-            nodes[i] = hash_pair(&nodes[2 * i + 1], &nodes[2 * i + 2]);
+        // Inner nodes level by level, deepest first: a level's nodes depend only on the level
+        // below, so a large level is split across threads.
+        let inner = n - 1;
+        if inner > 0 {
+            let deepest = usize::BITS - 1 - inner.leading_zeros();
+            for depth in (0..=deepest).rev() {
+                let lo = (1usize << depth) - 1;
+                let hi = ((1usize << (depth + 1)) - 1).min(inner);
+                let (parents, children) = nodes.split_at_mut(hi);
+                hash_level(&mut parents[lo..hi], lo, children, hi);
+            }
         }
         Self {
             nodes,
@@ -160,6 +196,26 @@ mod tests {
         let v = keccak256(b"x");
         assert_eq!(root_of_bytes32([&v]), leaf_bytes32(&v));
         assert_eq!(root_of_bytes32([]), [0u8; 32]);
+    }
+
+    #[test]
+    fn parallel_levels_match_a_plain_pairwise_build() {
+        // Large enough that the widest levels are split across threads.
+        let leaves: Vec<Hash> = (0..70_001u32)
+            .map(|i| leaf_bytes32(&keccak256(&i.to_le_bytes())))
+            .collect();
+        let tree = MerkleTree::from_leaves(leaves.clone());
+        let mut sorted = leaves;
+        sorted.sort_unstable();
+        let total = 2 * sorted.len() - 1;
+        let mut nodes = vec![[0u8; 32]; total];
+        for (i, leaf) in sorted.iter().enumerate() {
+            nodes[total - 1 - i] = *leaf;
+        }
+        for i in (0..sorted.len() - 1).rev() {
+            nodes[i] = hash_pair(&nodes[2 * i + 1], &nodes[2 * i + 2]);
+        }
+        assert_eq!(tree.root(), nodes[0]);
     }
 
     #[test]

@@ -64,7 +64,14 @@ fn acknowledged_batches_survive_sigkill() {
     let mut acknowledged: HashMap<u64, u64> = HashMap::new();
     let mut kills_mid_request = 0;
     for round in 0..ROUNDS {
-        let mut server = Server::start(&data);
+        // Odd rounds load each batch's index through an SST file after the batch's commit,
+        // so a kill can land between the two.
+        let bulk: &[&str] = if round % 2 == 1 {
+            &["--bulk-index-min", "1000"]
+        } else {
+            &[]
+        };
+        let mut server = Server::start_with(&data, bulk);
         let token = server.admin_token();
         let url = format!(
             "{}/v1/datanets/kitchen-tips/contributions?format=jsonl",
@@ -99,7 +106,9 @@ fn acknowledged_batches_survive_sigkill() {
                     in_flight.store(false, Ordering::SeqCst);
                     let Ok(response) = response else { return };
                     if response.status() != 201 {
-                        return;
+                        let status = response.status();
+                        let body = response.text().unwrap_or_default();
+                        panic!("round {round}: upload refused with {status}: {body}");
                     }
                     let Ok(batch) = response.json::<Value>() else {
                         return;

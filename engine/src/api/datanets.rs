@@ -17,8 +17,8 @@ use super::error::{ApiError, Problem};
 use super::extract::JsonBody;
 use super::{blocking, AppState};
 use crate::auth::Principal;
+use crate::datanet::contribute::Contribution;
 use crate::datanet::ingest::{Input, InputFormat};
-use crate::datanet::service::Contribution;
 use crate::datanet::{
     Batch, BatchStatus, Datanet, DatanetSpec, DatanetUpdate, InclusionProof, RecordInfo, Version,
     WithdrawalReceipt, WithdrawalRequest,

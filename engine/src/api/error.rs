@@ -169,6 +169,9 @@ impl From<DatanetError> for ApiError {
             DatanetError::NotOwner { .. } => {
                 Self::new(StatusCode::FORBIDDEN, "not-owner", detail).with_field("record_ids")
             }
+            DatanetError::Validator(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "validator-failed", detail)
+            }
             DatanetError::Segment(_) | DatanetError::Store(_) | DatanetError::Io(_) => {
                 Self::internal(detail)
             }

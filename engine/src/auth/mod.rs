@@ -287,7 +287,7 @@ mod tests {
             (&reader, true, false, false),
         ];
         for (who, read_private, contribute, curate) in table {
-            assert_eq!(who.can_read(&public).is_ok(), true, "{who:?} reads public");
+            assert!(who.can_read(&public).is_ok(), "{who:?} reads public");
             assert_eq!(
                 who.can_read(&private).is_ok(),
                 read_private,

@@ -18,7 +18,7 @@ use crate::api::datanets::{HEADER_CONTRIBUTOR, HEADER_SIGNATURE};
 use crate::api::{self, AppState, Limits};
 use crate::auth::{IssuedToken, Role, TokenRequest};
 use crate::datanet::ingest::{Input, InputFormat};
-use crate::datanet::service::{record_id_hex, Datanets};
+use crate::datanet::service::Datanets;
 use crate::datanet::{
     withdrawal_message, Batch, Datanet, DatanetSpec, DatanetUpdate, InclusionProof, InvalidRows,
     RecordInfo, ReviewMode, Version, Visibility, WithdrawalReceipt, WithdrawalRequest,
@@ -65,7 +65,8 @@ fn serve(args: ServeArgs) -> Result<()> {
         .init();
     let datanets = Arc::new(
         Datanets::open(&args.data_dir)
-            .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?,
+            .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?
+            .with_bulk_index_min(args.bulk_index_min),
     );
     if let Some(path) = api::ensure_admin_token(&datanets)? {
         eprintln!(
@@ -262,7 +263,8 @@ fn contribute(client: &Client, args: ContributeArgs) -> Result<()> {
             "contributor": key.address(),
             "merkle_root": format!("0x{}", hex::encode(commitment.root)),
             "signature": signature.to_hex(),
-            "record_ids": commitment.ids.iter().map(record_id_hex).collect::<Vec<_>>(),
+            "rows": commitment.ids.len(),
+            "invalid": commitment.errors.total,
         }));
     }
     let uploading = bytes_bar(length, "uploading");

@@ -7,8 +7,9 @@ use anyhow::{Context, Result};
 
 use super::ServeArgs;
 use crate::api::admin_token_path;
+use crate::datanet::contribute::Contribution;
 use crate::datanet::ingest::{Input, InputFormat};
-use crate::datanet::service::{Contribution, Datanets};
+use crate::datanet::service::Datanets;
 use crate::datanet::DatanetSpec;
 use crate::identity::Key;
 

@@ -85,6 +85,9 @@ pub struct ServeArgs {
     /// Largest contribution upload accepted, in bytes.
     #[arg(long, default_value_t = 4 << 30)]
     pub max_upload_bytes: u64,
+    /// Batches with at least this many new records load their index through an SST file.
+    #[arg(long, default_value_t = crate::datanet::contribute::BULK_INDEX_MIN, hide = true)]
+    pub bulk_index_min: usize,
 }
 
 #[derive(Debug, Args)]
@@ -146,7 +149,7 @@ pub struct ContributeArgs {
     pub format: Option<String>,
     #[command(flatten)]
     pub key: KeyArg,
-    /// Compute and print the record ids and signed root without uploading.
+    /// Check, hash and sign, print the signed root and signature, and upload nothing.
     #[arg(long)]
     pub dry_run: bool,
 }

@@ -3,11 +3,13 @@
 //!
 //! The data types come first here; [`service::Datanets`] holds the operations over them.
 
+pub mod contribute;
 pub mod ingest;
 pub mod record;
 pub mod schema;
 pub mod segment;
 pub mod service;
+pub mod validate;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

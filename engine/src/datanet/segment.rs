@@ -11,6 +11,9 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
+
+use super::schema::COL_RECORD_ID;
 
 /// Rows per row group: bounds the writer's buffered memory on large batches.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
@@ -45,6 +48,8 @@ fn format_error(path: &Path, e: impl std::fmt::Display) -> SegmentError {
 pub fn writer_properties() -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
+        // Record ids are unique by construction: a dictionary would only be built and dropped.
+        .set_column_dictionary_enabled(ColumnPath::from(COL_RECORD_ID), false)
         .set_max_row_group_size(ROW_GROUP_ROWS)
         .set_created_by(format!("tributary {}", env!("CARGO_PKG_VERSION")))
         .build()
@@ -89,19 +94,17 @@ impl SegmentWriter {
         &self.tmp_path
     }
 
-    /// Finishes the file, syncs it, renames it to `final_path` and syncs the directory.
-    pub fn persist(self, final_path: &Path) -> Result<(), SegmentError> {
+    /// Writes the footer and returns the file, not yet synced; the caller syncs it and then
+    /// moves it into place with [`persist_file`].
+    pub fn finish(self) -> Result<File, SegmentError> {
         let tmp = self.tmp_path.clone();
         let buffered = self
             .writer
             .into_inner()
             .map_err(|e| format_error(&tmp, e))?;
-        let file = buffered
+        buffered
             .into_inner()
-            .map_err(|e| io_error(&tmp)(e.into_error()))?;
-        file.sync_all().map_err(io_error(&tmp))?;
-        drop(file);
-        persist_file(&tmp, final_path)
+            .map_err(|e| io_error(&tmp)(e.into_error()))
     }
 }
 

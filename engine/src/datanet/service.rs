@@ -1,38 +1,32 @@
 //! The operations on Datanets, shared by the REST API and the offline CLI commands. Every
 //! function here is blocking; callers on an async runtime run them on a blocking thread.
 //!
-//! Durability: a contribution writes its segment to a temporary file, syncs and renames it,
-//! then commits the batch, its records and the Datanet's counter in one synced RocksDB batch.
-//! A crash before that commit leaves an orphan file, which [`Datanets::open`] removes.
+//! Contributions themselves are in [`super::contribute`].
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Float64Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray, UInt64Array,
-};
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use chrono::Utc;
 use parquet::arrow::ArrowWriter;
 
-use super::ingest::{self, ErrorReport, IngestError, Input, InputFormat};
-use super::record::{record_ids, RecordId};
-use super::schema::{SchemaError, COL_RECORD_ID, TIMEZONE};
-use super::segment::{self, SegmentError, SegmentWriter};
+use super::ingest::{ErrorReport, IngestError};
+use super::record::RecordId;
+use super::schema::{SchemaError, COL_RECORD_ID};
+use super::segment::{self, SegmentError};
+use super::validate::{ValidatorChain, ValidatorError};
 use super::{
     hex32, parse_hex32, withdrawal_message, Batch, BatchStatus, Datanet, DatanetSpec,
-    DatanetUpdate, Duplicate, InclusionProof, InvalidRows, RecordInfo, RecordLocation, ReviewMode,
-    Version, VersionSegment, WithdrawalReceipt, WithdrawalRequest,
+    DatanetUpdate, InclusionProof, RecordInfo, RecordLocation, Version, VersionSegment,
+    WithdrawalReceipt, WithdrawalRequest,
 };
 use crate::identity::{recover_personal, Address, IdentityError, Signature};
 use crate::merkle::{self, Hash, MerkleTree};
 use crate::store::{Store, StoreError, CF_BATCHES, CF_CATALOG, CF_RECORDS, CF_WITHDRAWALS};
 
-/// How many duplicates a batch lists; the total is always counted.
-pub const MAX_REPORTED_DUPLICATES: usize = 100;
 /// How many record ids one withdrawal may name.
 pub const MAX_WITHDRAWAL_RECORDS: usize = 10_000;
 
@@ -74,6 +68,8 @@ pub enum DatanetError {
         caller: Address,
     },
     #[error(transparent)]
+    Validator(#[from] ValidatorError),
+    #[error(transparent)]
     Segment(#[from] SegmentError),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -81,7 +77,7 @@ pub enum DatanetError {
     Io(#[from] std::io::Error),
 }
 
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> DatanetError {
+pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> DatanetError {
     DatanetError::InvalidField {
         field: field.into(),
         message: message.into(),
@@ -118,32 +114,17 @@ impl DataDirs {
     }
 }
 
-/// A signed contribution as it arrives: the claimed contributor and their signature over the
-/// Merkle root of the record ids of the batch's valid rows.
-#[derive(Debug, Clone)]
-pub struct Contribution {
-    pub format: InputFormat,
-    pub contributor: Address,
-    pub signature: Signature,
-}
-
-/// What the CLI computes before signing: the ids of the valid rows and their root.
-#[derive(Debug, Clone)]
-pub struct BatchCommitment {
-    pub ids: Vec<RecordId>,
-    pub root: Hash,
-    pub errors: ErrorReport,
-}
-
 pub struct Datanets {
-    store: Arc<Store>,
-    dirs: DataDirs,
+    pub(crate) store: Arc<Store>,
+    pub(crate) dirs: DataDirs,
     /// One lock per Datanet: contributions, reviews and publications of a Datanet run one at a
     /// time, which keeps deduplication exact.
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    pub(crate) validators: ValidatorChain,
+    pub(crate) bulk_index_min: usize,
 }
 
-fn datanet_key(id: &str) -> String {
+pub(crate) fn datanet_key(id: &str) -> String {
     format!("datanet/{id}")
 }
 
@@ -151,11 +132,11 @@ fn version_key(id: &str, version: u32) -> String {
     format!("version/{id}/{version:010}")
 }
 
-fn batch_key(id: &str, batch: u64) -> String {
+pub(crate) fn batch_key(id: &str, batch: u64) -> String {
     format!("{id}\0{batch:016x}")
 }
 
-fn record_key(id: &str, record: &RecordId) -> Vec<u8> {
+pub(crate) fn record_key(id: &str, record: &RecordId) -> Vec<u8> {
     let mut key = Vec::with_capacity(id.len() + 33);
     key.extend_from_slice(id.as_bytes());
     key.push(0);
@@ -163,7 +144,7 @@ fn record_key(id: &str, record: &RecordId) -> Vec<u8> {
     key
 }
 
-fn segment_relpath(id: &str, batch: u64) -> String {
+pub(crate) fn segment_relpath(id: &str, batch: u64) -> String {
     format!("segments/{id}/{batch:016x}.parquet")
 }
 
@@ -171,7 +152,7 @@ pub fn record_id_hex(id: &RecordId) -> String {
     hex::encode(id)
 }
 
-fn parse_record_id(s: &str, field: &str) -> Result<RecordId, DatanetError> {
+pub(crate) fn parse_record_id(s: &str, field: &str) -> Result<RecordId, DatanetError> {
     parse_hex32(s).ok_or_else(|| invalid(field, format!("{s:?} is not a 32-byte hex record id")))
 }
 
@@ -240,12 +221,33 @@ impl Datanets {
             store,
             dirs,
             locks: Mutex::new(HashMap::new()),
+            validators: ValidatorChain::default(),
+            bulk_index_min: super::contribute::BULK_INDEX_MIN,
         };
         let removed = this.collect_orphans()?;
         if removed > 0 {
             tracing::info!(removed, "removed files left by an interrupted write");
         }
+        let finished = this.finish_pending_indexes()?;
+        if finished > 0 {
+            tracing::info!(
+                finished,
+                "finished the record index of batches committed before a crash"
+            );
+        }
         Ok(this)
+    }
+
+    /// Sets the validators every contribution passes through after the schema checks.
+    pub fn with_validators(mut self, validators: ValidatorChain) -> Self {
+        self.validators = validators;
+        self
+    }
+
+    /// Batches with at least this many new records have their index bulk-loaded.
+    pub fn with_bulk_index_min(mut self, records: usize) -> Self {
+        self.bulk_index_min = records.max(1);
+        self
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -296,7 +298,7 @@ impl Datanets {
         Ok(removed)
     }
 
-    fn lock(&self, id: &str) -> Arc<Mutex<()>> {
+    pub(crate) fn lock(&self, id: &str) -> Arc<Mutex<()>> {
         let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         locks.entry(id.to_string()).or_default().clone()
     }
@@ -371,201 +373,6 @@ impl Datanets {
     }
 
     // ---- contributions ----
-
-    /// Reads an upload and computes what its contributor signs. The CLI calls this on the
-    /// file before uploading; the server calls the same readers while ingesting.
-    pub fn commitment(
-        datanet: &Datanet,
-        format: InputFormat,
-        input: Input,
-    ) -> Result<BatchCommitment, DatanetError> {
-        let schema = &datanet.spec.schema;
-        let mut reader = ingest::open(format, input, schema)?;
-        let mut errors = ErrorReport::default();
-        let mut ids = Vec::new();
-        while let Some(chunk) = reader.next_chunk(&mut errors)? {
-            ids.extend(record_ids(schema, &chunk.batch));
-        }
-        let root = merkle::root_of_bytes32(&ids);
-        Ok(BatchCommitment { ids, root, errors })
-    }
-
-    /// Ingests a signed batch: parse and check every row, deduplicate, verify the signature,
-    /// write the segment and commit. Returns the batch as stored.
-    pub fn contribute(
-        &self,
-        id: &str,
-        contribution: Contribution,
-        input: Input,
-    ) -> Result<Batch, DatanetError> {
-        let lock = self.lock(id);
-        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut datanet = self.get(id)?;
-        let schema = datanet.spec.schema.clone();
-        let batch_id = datanet.batches + 1;
-        let submitted_at = Utc::now();
-        let contributor_text = contribution.contributor.to_checksum();
-
-        let mut reader = ingest::open(contribution.format, input, &schema)?;
-        let mut errors = ErrorReport::default();
-        let tmp_path = self
-            .dirs
-            .tmp
-            .join(format!("{id}-{batch_id:016x}.parquet.tmp"));
-        let segment_schema = schema.segment_schema();
-        let mut writer = SegmentWriter::create(tmp_path.clone(), segment_schema.clone())?;
-        let result = (|| -> Result<_, DatanetError> {
-            let mut all_ids: Vec<RecordId> = Vec::new();
-            let mut seen: HashMap<RecordId, u64> = HashMap::new();
-            let mut index = Vec::new();
-            let mut duplicates = 0u64;
-            let mut duplicate_examples = Vec::new();
-            let reject_bad_rows = datanet.spec.invalid_rows == InvalidRows::Reject;
-            while let Some(chunk) = reader.next_chunk(&mut errors)? {
-                let ids = record_ids(&schema, &chunk.batch);
-                all_ids.extend_from_slice(&ids);
-                if reject_bad_rows && !errors.is_empty() {
-                    // The batch will be refused; keep reading only to report every problem.
-                    continue;
-                }
-                let keys: Vec<Vec<u8>> = ids.iter().map(|r| record_key(id, r)).collect();
-                let existing = self.store.multi_get(CF_RECORDS, &keys)?;
-                let mut keep = Vec::with_capacity(ids.len());
-                for (i, (record, found)) in ids.iter().zip(existing).enumerate() {
-                    let first = match found {
-                        Some(bytes) => RecordLocation::decode(&bytes).map(|l| l.batch),
-                        None => seen.get(record).map(|_| batch_id),
-                    };
-                    match first {
-                        Some(first_batch) => {
-                            duplicates += 1;
-                            if duplicate_examples.len() < MAX_REPORTED_DUPLICATES {
-                                duplicate_examples.push(Duplicate {
-                                    row: chunk.rows[i],
-                                    record_id: record_id_hex(record),
-                                    first_batch,
-                                });
-                            }
-                            keep.push(false);
-                        }
-                        None => {
-                            seen.insert(*record, chunk.rows[i]);
-                            keep.push(true);
-                        }
-                    }
-                }
-                let kept_ids: Vec<RecordId> = ids
-                    .iter()
-                    .zip(&keep)
-                    .filter(|(_, k)| **k)
-                    .map(|(r, _)| *r)
-                    .collect();
-                if kept_ids.is_empty() {
-                    continue;
-                }
-                let first_row = writer.rows();
-                let filtered = if kept_ids.len() == ids.len() {
-                    chunk.batch
-                } else {
-                    filter_record_batch(&chunk.batch, &BooleanArray::from(keep))
-                        .map_err(|e| invalid("body", e.to_string()))?
-                };
-                let with_system = add_system_columns(
-                    &segment_schema,
-                    &filtered,
-                    &kept_ids,
-                    &contributor_text,
-                    batch_id,
-                    submitted_at.timestamp_micros(),
-                )?;
-                writer.write(&with_system)?;
-                for (offset, record) in kept_ids.into_iter().enumerate() {
-                    index.push((record, (first_row + offset as u64) as u32));
-                }
-            }
-            Ok((all_ids, index, duplicates, duplicate_examples))
-        })();
-
-        let outcome = result.and_then(|(all_ids, index, duplicates, duplicate_examples)| {
-            if datanet.spec.invalid_rows == InvalidRows::Reject && !errors.is_empty() {
-                return Err(DatanetError::InvalidRows(Box::new(errors.clone())));
-            }
-            if all_ids.is_empty() {
-                return Err(DatanetError::EmptyBatch);
-            }
-            let root = merkle::root_of_bytes32(&all_ids);
-            let recovered = recover_personal(&root, &contribution.signature)?;
-            if recovered != contribution.contributor {
-                return Err(DatanetError::SignerMismatch {
-                    claimed: contribution.contributor,
-                    recovered,
-                });
-            }
-            Ok((
-                all_ids.len() as u64,
-                root,
-                index,
-                duplicates,
-                duplicate_examples,
-            ))
-        });
-        let (rows, root, index, duplicates, duplicate_examples) = match outcome {
-            Ok(v) => v,
-            Err(e) => {
-                drop(writer);
-                let _ = fs::remove_file(&tmp_path);
-                return Err(e);
-            }
-        };
-
-        let accepted = index.len() as u64;
-        let segment = if accepted > 0 {
-            let rel = segment_relpath(id, batch_id);
-            writer.persist(&self.dirs.root.join(&rel))?;
-            Some(rel)
-        } else {
-            drop(writer);
-            let _ = fs::remove_file(&tmp_path);
-            None
-        };
-        let status = match datanet.spec.review {
-            ReviewMode::Auto => BatchStatus::Approved,
-            ReviewMode::Manual => BatchStatus::Pending,
-        };
-        let batch = Batch {
-            datanet: id.to_string(),
-            id: batch_id,
-            status,
-            contributor: contribution.contributor,
-            merkle_root: hex32(&root),
-            signature: contribution.signature.to_hex(),
-            format: contribution.format,
-            submitted_at,
-            rows,
-            accepted,
-            duplicates,
-            invalid: errors.total,
-            duplicate_examples,
-            errors,
-            segment,
-            reviewed_at: (status == BatchStatus::Approved).then_some(submitted_at),
-            review_reason: (status == BatchStatus::Approved).then(|| "auto-approved".to_string()),
-        };
-        datanet.batches = batch_id;
-        let mut write = self.store.batch();
-        for (record, row) in &index {
-            let location = RecordLocation {
-                batch: batch_id,
-                row: *row,
-                contributor: contribution.contributor,
-            };
-            write.put(CF_RECORDS, record_key(id, record), location.encode());
-        }
-        write.put_json(CF_BATCHES, batch_key(id, batch_id), &batch)?;
-        write.put_json(CF_CATALOG, datanet_key(id), &datanet)?;
-        write.commit()?;
-        Ok(batch)
-    }
 
     pub fn batch(&self, id: &str, batch: u64) -> Result<Batch, DatanetError> {
         self.store
@@ -946,29 +753,4 @@ impl Datanets {
         segment::persist_file(&tmp_path, &path)?;
         Ok(path)
     }
-}
-
-fn add_system_columns(
-    segment_schema: &arrow::datatypes::SchemaRef,
-    batch: &RecordBatch,
-    ids: &[RecordId],
-    contributor: &str,
-    batch_id: u64,
-    submitted_at_micros: i64,
-) -> Result<RecordBatch, DatanetError> {
-    let n = batch.num_rows();
-    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-    columns.push(std::sync::Arc::new(StringArray::from_iter_values(
-        ids.iter().map(record_id_hex),
-    )));
-    columns.push(std::sync::Arc::new(StringArray::from_iter_values(
-        std::iter::repeat_n(contributor, n),
-    )));
-    columns.push(std::sync::Arc::new(UInt64Array::from_value(batch_id, n)));
-    columns.push(std::sync::Arc::new(
-        TimestampMicrosecondArray::from_value(submitted_at_micros, n).with_timezone(TIMEZONE),
-    ));
-    columns.push(std::sync::Arc::new(Float64Array::from_value(1.0, n)));
-    RecordBatch::try_new(segment_schema.clone(), columns)
-        .map_err(|e| invalid("body", e.to_string()))
 }

@@ -14,8 +14,8 @@
 use std::path::Path;
 
 use rocksdb::{
-    BlockBasedOptions, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch,
-    WriteOptions, DB,
+    BlockBasedOptions, ColumnFamilyDescriptor, Direction, IngestExternalFileOptions, IteratorMode,
+    Options, SstFileWriter, WriteBatch, WriteOptions, DB,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -47,6 +47,8 @@ const BLOCK_CACHE_BYTES: usize = 64 << 20;
 pub enum StoreError {
     #[error("storage error: {0}")]
     Rocks(#[from] rocksdb::Error),
+    #[error("storage file: {0}")]
+    Io(String),
     #[error("stored value under {key} in {cf} is corrupt: {message}")]
     Corrupt {
         cf: &'static str,
@@ -63,6 +65,8 @@ pub enum StoreError {
 
 pub struct Store {
     db: DB,
+    /// The record index's options, which bulk-load files must be written with.
+    records_options: Options,
 }
 
 /// Changes that commit together, durably, or not at all. Writes go straight into RocksDB's
@@ -118,7 +122,7 @@ impl Store {
         options.increase_parallelism(2);
 
         let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES)?;
-        let descriptors = ALL_CFS.iter().map(|&name| {
+        let cf_options = |name: &str| {
             let mut cf_options = Options::default();
             let mut table = BlockBasedOptions::default();
             table.set_block_cache(&cache);
@@ -126,12 +130,21 @@ impl Store {
                 table.set_bloom_filter(RECORD_BLOOM_BITS, false);
                 table.set_cache_index_and_filter_blocks(true);
                 cf_options.set_write_buffer_size(RECORD_MEMTABLE_BYTES);
+                // Keys are random hashes: compressing them costs time and saves nothing.
+                cf_options.set_compression_type(rocksdb::DBCompressionType::None);
             }
             cf_options.set_block_based_table_factory(&table);
-            ColumnFamilyDescriptor::new(name, cf_options)
-        });
+            cf_options
+        };
+        let records_options = cf_options(CF_RECORDS);
+        let descriptors = ALL_CFS
+            .iter()
+            .map(|&name| ColumnFamilyDescriptor::new(name, cf_options(name)));
         let db = DB::open_cf_descriptors(&options, path, descriptors)?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            records_options,
+        })
     }
 
     fn cf(&self, name: &'static str) -> &rocksdb::ColumnFamily {
@@ -170,20 +183,6 @@ impl Store {
             .collect()
     }
 
-    /// Every entry whose key starts with `prefix`, in key order.
-    pub fn scan_prefix(
-        &self,
-        cf: &'static str,
-        prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-        let mut out = Vec::new();
-        self.for_each_prefix(cf, prefix, |k, v| {
-            out.push((k.to_vec(), v.to_vec()));
-            Ok(())
-        })?;
-        Ok(out)
-    }
-
     /// Visits every entry under `prefix` without collecting them.
     pub fn for_each_prefix(
         &self,
@@ -209,10 +208,41 @@ impl Store {
         cf: &'static str,
         prefix: &[u8],
     ) -> Result<Vec<T>, StoreError> {
-        self.scan_prefix(cf, prefix)?
-            .iter()
-            .map(|(k, v)| decode(cf, k, v))
-            .collect()
+        let mut out = Vec::new();
+        self.for_each_prefix(cf, prefix, |k, v| {
+            out.push(decode(cf, k, v)?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Loads entries, in ascending key order, into the record index through an SST file:
+    /// for a large batch this skips the memtable and the WAL, several times faster than a
+    /// write batch. The file is synced when written and RocksDB syncs its manifest on
+    /// ingestion, so the entries are durable when this returns. Unlike [`Batch::commit`] it
+    /// is not atomic with other writes; callers make it recoverable.
+    pub fn bulk_load_records<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &self,
+        tmp_dir: &Path,
+        entries: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<(), StoreError> {
+        let file = tempfile::Builder::new()
+            .prefix("records-")
+            .suffix(".sst")
+            .tempfile_in(tmp_dir)
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        let path = file.path().to_path_buf();
+        let mut writer = SstFileWriter::create(&self.records_options);
+        writer.open(&path)?;
+        for (k, v) in entries {
+            writer.put(k, v)?;
+        }
+        writer.finish()?;
+        let mut options = IngestExternalFileOptions::default();
+        options.set_move_files(true);
+        self.db
+            .ingest_external_file_cf_opts(self.cf(CF_RECORDS), &options, vec![&path])?;
+        Ok(())
     }
 
     pub fn batch(&self) -> Batch<'_> {
@@ -248,8 +278,14 @@ mod tests {
         batch.put(CF_META, b"a/2", b"y");
         batch.put(CF_META, b"b/1", b"z");
         batch.commit().expect("commit");
-        let found = store.scan_prefix(CF_META, b"a/").expect("scan");
-        assert_eq!(found.len(), 2);
+        let mut found = Vec::new();
+        store
+            .for_each_prefix(CF_META, b"a/", |k, _| {
+                found.push(k.to_vec());
+                Ok(())
+            })
+            .expect("scan");
+        assert_eq!(found, vec![b"a/1".to_vec(), b"a/2".to_vec()]);
         assert_eq!(
             store.get(CF_META, b"b/1").expect("get"),
             Some(b"z".to_vec())

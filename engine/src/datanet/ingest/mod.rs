@@ -127,6 +127,14 @@ impl ErrorReport {
     pub fn is_empty(&self) -> bool {
         self.total == 0
     }
+
+    /// Adds another report's problems, keeping the listed ones in row order.
+    pub fn merge(&mut self, other: ErrorReport) {
+        self.total += other.total;
+        self.errors.extend(other.errors);
+        self.errors.sort_by_key(|e| e.row);
+        self.errors.truncate(MAX_REPORTED_ERRORS);
+    }
 }
 
 /// Valid rows in the curator's schema, with the source row number of each.

@@ -1,0 +1,587 @@
+//! Contributions: a signed batch read, checked, deduplicated, written and committed.
+//!
+//! The work runs on two threads: a reader parses the upload into Arrow chunks and hashes them
+//! (record ids with BLAKE3, Merkle leaves with keccak256) while the calling thread validates,
+//! deduplicates and writes the Parquet segment. Memory stays bounded by a few chunks plus
+//! 32 bytes a record for the commitment and the index.
+//!
+//! Durability: the segment goes to a temporary file, is synced and renamed, then one synced
+//! RocksDB batch commits the batch, its record index entries and the Datanet's counter. A
+//! crash before that commit leaves an orphan file, which [`Datanets::open`] removes.
+
+use std::collections::HashSet;
+use std::fs;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, RecordBatch, StringBuilder,
+    TimestampMicrosecondArray, UInt64Array,
+};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::SchemaRef;
+use chrono::Utc;
+
+use super::ingest::{self, Chunk, ChunkReader, ErrorReport, IngestError, Input, InputFormat};
+use super::record::{record_ids, RecordId};
+use super::schema::COL_RECORD_ID;
+use super::schema::{DatanetSchema, TIMEZONE};
+use super::segment::{self, persist_file, SegmentWriter};
+use super::service::{
+    batch_key, datanet_key, invalid, parse_record_id, record_id_hex, record_key, segment_relpath,
+    DatanetError, Datanets,
+};
+use super::{
+    hex32, Batch, BatchStatus, Datanet, Duplicate, InvalidRows, RecordLocation, ReviewMode,
+};
+use crate::identity::{recover_personal, Address, Signature};
+use crate::merkle::{self, Hash, MerkleTree};
+use crate::store::{CF_BATCHES, CF_CATALOG, CF_META, CF_RECORDS};
+
+/// How many duplicates a batch lists; the total is always counted.
+pub const MAX_REPORTED_DUPLICATES: usize = 100;
+/// Chunks the reader may run ahead of the writer.
+const PIPELINE_DEPTH: usize = 4;
+/// From this many new records on, a batch's index entries are bulk-loaded through an SST file
+/// instead of going through the memtable in the batch's own commit.
+pub const BULK_INDEX_MIN: usize = 50_000;
+const PENDING_INDEX_PREFIX: &str = "pending-index/";
+
+fn pending_index_key(id: &str, batch: u64) -> String {
+    format!("{PENDING_INDEX_PREFIX}{id}\0{batch:016x}")
+}
+
+/// A signed contribution as it arrives: the claimed contributor and their signature over the
+/// Merkle root of the record ids of the batch's valid rows.
+#[derive(Debug, Clone)]
+pub struct Contribution {
+    pub format: InputFormat,
+    pub contributor: Address,
+    pub signature: Signature,
+}
+
+/// What the CLI computes before signing: the ids of the valid rows and their root.
+#[derive(Debug, Clone)]
+pub struct BatchCommitment {
+    pub ids: Vec<RecordId>,
+    pub root: Hash,
+    pub errors: ErrorReport,
+}
+
+/// Record ids are BLAKE3 outputs, uniformly distributed and not steerable by a contributor,
+/// so their first bytes already are a good hash.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut first = [0u8; 8];
+        let n = bytes.len().min(8);
+        first[..n].copy_from_slice(&bytes[..n]);
+        self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(first);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type IdSet = HashSet<RecordId, BuildHasherDefault<IdHasher>>;
+
+/// A chunk of valid rows with their ids and Merkle leaves.
+struct HashedChunk {
+    chunk: Chunk,
+    ids: Vec<RecordId>,
+    leaves: Vec<Hash>,
+    /// Bad rows the reader had found up to and including this chunk.
+    bad_rows_so_far: u64,
+}
+
+/// Reads `reader` on a second thread, hashing as it goes, and hands each chunk to `each` on
+/// this one. Returns the reader's report of bad rows.
+fn read_hashed(
+    reader: Box<dyn ChunkReader>,
+    schema: &DatanetSchema,
+    mut each: impl FnMut(HashedChunk) -> Result<(), DatanetError>,
+) -> Result<ErrorReport, DatanetError> {
+    let (tx, rx) = sync_channel::<Result<HashedChunk, IngestError>>(PIPELINE_DEPTH);
+    std::thread::scope(|scope| {
+        let producer = scope.spawn(move || {
+            let mut reader = reader;
+            let mut report = ErrorReport::default();
+            loop {
+                let message = match reader.next_chunk(&mut report) {
+                    Ok(Some(chunk)) => {
+                        let ids = record_ids(schema, &chunk.batch);
+                        let leaves = ids.iter().map(merkle::leaf_bytes32).collect();
+                        Ok(HashedChunk {
+                            chunk,
+                            ids,
+                            leaves,
+                            bad_rows_so_far: report.total,
+                        })
+                    }
+                    Ok(None) => break,
+                    Err(e) => Err(e),
+                };
+                let failed = message.is_err();
+                // A closed channel means the writer stopped; so do we.
+                if tx.send(message).is_err() || failed {
+                    break;
+                }
+            }
+            report
+        });
+        let mut outcome = Ok(());
+        for message in rx.iter() {
+            if let Err(e) = message.map_err(DatanetError::from).and_then(&mut each) {
+                outcome = Err(e);
+                break;
+            }
+        }
+        drop(rx);
+        let report = producer
+            .join()
+            .map_err(|_| DatanetError::Io(std::io::Error::other("the upload reader panicked")))?;
+        outcome.map(|()| report)
+    })
+}
+
+impl Datanets {
+    /// Reads an upload and computes what its contributor signs. The CLI calls this on the
+    /// file before uploading; the server runs the same readers while ingesting.
+    pub fn commitment(
+        datanet: &Datanet,
+        format: InputFormat,
+        input: Input,
+    ) -> Result<BatchCommitment, DatanetError> {
+        let schema = &datanet.spec.schema;
+        let reader = ingest::open(format, input, schema)?;
+        let mut ids = Vec::new();
+        let mut leaves = Vec::new();
+        let errors = read_hashed(reader, schema, |hashed| {
+            ids.extend_from_slice(&hashed.ids);
+            leaves.extend_from_slice(&hashed.leaves);
+            Ok(())
+        })?;
+        let root = MerkleTree::from_leaves(leaves).root();
+        Ok(BatchCommitment { ids, root, errors })
+    }
+
+    /// Ingests a signed batch: parse and check every row, run the validators, deduplicate,
+    /// verify the signature, write the segment and commit. Returns the batch as stored.
+    pub fn contribute(
+        &self,
+        id: &str,
+        contribution: Contribution,
+        input: Input,
+    ) -> Result<Batch, DatanetError> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut datanet = self.get(id)?;
+        let schema = datanet.spec.schema.clone();
+        let batch_id = datanet.batches + 1;
+        let submitted_at = Utc::now();
+
+        let reader = ingest::open(contribution.format, input, &schema)?;
+        let tmp_path = self
+            .dirs
+            .tmp
+            .join(format!("{id}-{batch_id:016x}.parquet.tmp"));
+        let segment_schema = schema.segment_schema();
+        let mut writer = SegmentWriter::create(tmp_path.clone(), segment_schema.clone())?;
+        let mut dedup = Dedup {
+            batch_id,
+            contributor: contribution.contributor.to_checksum(),
+            submitted_at: submitted_at.timestamp_micros(),
+            schema: segment_schema,
+            rows: 0,
+            leaves: Vec::new(),
+            seen: IdSet::default(),
+            index: Vec::new(),
+            duplicates: 0,
+            duplicate_examples: Vec::new(),
+            rejected: ErrorReport::default(),
+        };
+        let reject_bad_rows = datanet.spec.invalid_rows == InvalidRows::Reject;
+        let started = std::time::Instant::now();
+        let read = read_hashed(reader, &schema, |hashed| {
+            dedup.rows += hashed.ids.len() as u64;
+            dedup.leaves.extend_from_slice(&hashed.leaves);
+            if reject_bad_rows && (hashed.bad_rows_so_far > 0 || !dedup.rejected.is_empty()) {
+                // The batch will be refused; read on only to report every problem.
+                return Ok(());
+            }
+            self.store_chunk(id, &datanet, hashed, &mut dedup, &mut writer)
+        });
+
+        let read_done = started.elapsed();
+        let cleanup = |e: DatanetError| {
+            let _ = fs::remove_file(&tmp_path);
+            e
+        };
+        let mut errors = read.map_err(cleanup)?;
+        errors.merge(std::mem::take(&mut dedup.rejected));
+        if reject_bad_rows && !errors.is_empty() {
+            return Err(cleanup(DatanetError::InvalidRows(Box::new(errors))));
+        }
+        if dedup.rows == 0 {
+            return Err(cleanup(DatanetError::EmptyBatch));
+        }
+        let accepted = dedup.index.len() as u64;
+        let file = if accepted > 0 {
+            Some(writer.finish().map_err(|e| cleanup(e.into()))?)
+        } else {
+            drop(writer);
+            None
+        };
+        // Sync the segment on another thread while the commitment is checked: both take a
+        // while and neither needs the other.
+        let leaves = std::mem::take(&mut dedup.leaves);
+        let (root, synced) = std::thread::scope(|scope| {
+            let sync = file.as_ref().map(|f| scope.spawn(move || f.sync_all()));
+            let root = MerkleTree::from_leaves(leaves).root();
+            let synced = sync.map_or(Ok(()), |h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("segment sync panicked")))
+            });
+            (root, synced)
+        });
+        synced.map_err(|e| cleanup(e.into()))?;
+        drop(file);
+        let recovered =
+            recover_personal(&root, &contribution.signature).map_err(|e| cleanup(e.into()))?;
+        if recovered != contribution.contributor {
+            return Err(cleanup(DatanetError::SignerMismatch {
+                claimed: contribution.contributor,
+                recovered,
+            }));
+        }
+        let verified = started.elapsed();
+        let segment = if accepted > 0 {
+            let rel = segment_relpath(id, batch_id);
+            persist_file(&tmp_path, &self.dirs.root.join(&rel))?;
+            Some(rel)
+        } else {
+            let _ = fs::remove_file(&tmp_path);
+            None
+        };
+        let status = match datanet.spec.review {
+            ReviewMode::Auto => BatchStatus::Approved,
+            ReviewMode::Manual => BatchStatus::Pending,
+        };
+        let approved = status == BatchStatus::Approved;
+        let batch = Batch {
+            datanet: id.to_string(),
+            id: batch_id,
+            status,
+            contributor: contribution.contributor,
+            merkle_root: hex32(&root),
+            signature: contribution.signature.to_hex(),
+            format: contribution.format,
+            submitted_at,
+            rows: dedup.rows,
+            accepted,
+            duplicates: dedup.duplicates,
+            invalid: errors.total,
+            duplicate_examples: dedup.duplicate_examples,
+            errors,
+            segment,
+            reviewed_at: approved.then_some(submitted_at),
+            review_reason: approved.then(|| "auto-approved".to_string()),
+        };
+        datanet.batches = batch_id;
+        // Sorted keys load into RocksDB several times faster than random ones.
+        let mut index = dedup.index;
+        index.sort_unstable_by_key(|entry| entry.0);
+        let bulk = index.len() >= self.bulk_index_min;
+        let location = |row: u32| RecordLocation {
+            batch: batch_id,
+            row,
+            contributor: contribution.contributor,
+        };
+        let mut write = self.store.batch();
+        if bulk {
+            // The index goes in after this commit, through an SST file; the marker makes a
+            // restart finish it from the segment if we crash in between.
+            write.put(CF_META, pending_index_key(id, batch_id), b"");
+        } else {
+            for (record, row) in &index {
+                write.put(CF_RECORDS, record_key(id, record), location(*row).encode());
+            }
+        }
+        write.put_json(CF_BATCHES, batch_key(id, batch_id), &batch)?;
+        write.put_json(CF_CATALOG, datanet_key(id), &datanet)?;
+        let persisted = started.elapsed();
+        write.commit()?;
+        if bulk {
+            self.load_index(
+                id,
+                batch_id,
+                index.iter().map(|(r, row)| (*r, location(*row))),
+            )?;
+        }
+        tracing::debug!(
+            datanet = id,
+            batch = batch_id,
+            rows = batch.rows,
+            read_ms = read_done.as_millis() as u64,
+            verify_ms = (verified - read_done).as_millis() as u64,
+            persist_ms = (persisted - verified).as_millis() as u64,
+            commit_ms = (started.elapsed() - persisted).as_millis() as u64,
+            "contribution committed"
+        );
+        Ok(batch)
+    }
+
+    /// Bulk-loads a committed batch's index entries (sorted by record id) and clears its
+    /// pending marker. If the bulk load fails, the entries go in through a write batch.
+    fn load_index(
+        &self,
+        id: &str,
+        batch: u64,
+        entries: impl Iterator<Item = (RecordId, RecordLocation)> + Clone,
+    ) -> Result<(), DatanetError> {
+        let encoded = entries
+            .clone()
+            .map(|(r, l)| (record_key(id, &r), l.encode()));
+        let mut done = self.store.batch();
+        if let Err(e) = self.store.bulk_load_records(&self.dirs.tmp, encoded) {
+            tracing::warn!(datanet = id, batch, error = %e, "bulk index load failed; writing entries instead");
+            for (record, location) in entries {
+                done.put(CF_RECORDS, record_key(id, &record), location.encode());
+            }
+        }
+        done.delete(CF_META, pending_index_key(id, batch));
+        done.commit()?;
+        Ok(())
+    }
+
+    /// Finishes the index of batches committed just before a crash, from their segments.
+    pub(crate) fn finish_pending_indexes(&self) -> Result<usize, DatanetError> {
+        let mut pending = Vec::new();
+        self.store
+            .for_each_prefix(CF_META, PENDING_INDEX_PREFIX.as_bytes(), |key, _| {
+                pending
+                    .push(String::from_utf8_lossy(&key[PENDING_INDEX_PREFIX.len()..]).into_owned());
+                Ok(())
+            })?;
+        for entry in &pending {
+            let Some((id, batch)) = entry.split_once('\0') else {
+                continue;
+            };
+            let batch_id = u64::from_str_radix(batch, 16).unwrap_or(0);
+            let batch = self.batch(id, batch_id)?;
+            let mut entries = Vec::with_capacity(batch.accepted as usize);
+            if let Some(rel) = &batch.segment {
+                for ids in segment::read(&self.dirs.root.join(rel), Some(&[COL_RECORD_ID]))? {
+                    let ids = ids?;
+                    let column = ids.column(0).as_string::<i32>();
+                    for i in 0..column.len() {
+                        let record = parse_record_id(column.value(i), COL_RECORD_ID)?;
+                        let row = entries.len() as u32;
+                        entries.push((
+                            record,
+                            RecordLocation {
+                                batch: batch_id,
+                                row,
+                                contributor: batch.contributor,
+                            },
+                        ));
+                    }
+                }
+            }
+            entries.sort_unstable_by_key(|entry| entry.0);
+            self.load_index(id, batch_id, entries.iter().copied())?;
+        }
+        Ok(pending.len())
+    }
+
+    /// Validates, deduplicates and writes one chunk.
+    fn store_chunk(
+        &self,
+        id: &str,
+        datanet: &Datanet,
+        hashed: HashedChunk,
+        dedup: &mut Dedup,
+        writer: &mut SegmentWriter,
+    ) -> Result<(), DatanetError> {
+        let HashedChunk { chunk, ids, .. } = hashed;
+        let judgement = if self.validators.is_empty() {
+            None
+        } else {
+            Some(
+                self.validators
+                    .judge(datanet, &chunk, &mut dedup.rejected)?,
+            )
+        };
+        let keys: Vec<Vec<u8>> = ids.iter().map(|r| record_key(id, r)).collect();
+        let existing = self.store.multi_get(CF_RECORDS, &keys)?;
+        let mut keep = Vec::with_capacity(ids.len());
+        let mut kept_ids = Vec::with_capacity(ids.len());
+        let mut quality = Vec::with_capacity(ids.len());
+        for (i, (record, found)) in ids.iter().zip(existing).enumerate() {
+            if judgement.as_ref().is_some_and(|j| !j.keep[i]) {
+                keep.push(false);
+                continue;
+            }
+            let first_batch = match found {
+                Some(bytes) => RecordLocation::decode(&bytes).map(|l| l.batch),
+                None if dedup.seen.contains(record) => Some(dedup.batch_id),
+                None => None,
+            };
+            if let Some(first_batch) = first_batch {
+                dedup.duplicates += 1;
+                if dedup.duplicate_examples.len() < MAX_REPORTED_DUPLICATES {
+                    dedup.duplicate_examples.push(Duplicate {
+                        row: chunk.rows[i],
+                        record_id: record_id_hex(record),
+                        first_batch,
+                    });
+                }
+                keep.push(false);
+                continue;
+            }
+            dedup.seen.insert(*record);
+            keep.push(true);
+            kept_ids.push(*record);
+            quality.push(judgement.as_ref().map_or(1.0, |j| j.quality[i]));
+        }
+        if kept_ids.is_empty() {
+            return Ok(());
+        }
+        let first_row = writer.rows();
+        let rows = if kept_ids.len() == ids.len() {
+            chunk.batch
+        } else {
+            filter_record_batch(&chunk.batch, &BooleanArray::from(keep))
+                .map_err(|e| invalid("body", e.to_string()))?
+        };
+        writer.write(&dedup.with_system_columns(&rows, &kept_ids, quality)?)?;
+        for (offset, record) in kept_ids.into_iter().enumerate() {
+            dedup
+                .index
+                .push((record, (first_row + offset as u64) as u32));
+        }
+        Ok(())
+    }
+}
+
+/// The writer side's state while a batch streams in.
+struct Dedup {
+    batch_id: u64,
+    contributor: String,
+    submitted_at: i64,
+    schema: SchemaRef,
+    /// Valid rows received.
+    rows: u64,
+    /// Merkle leaves of every valid row, for the signed root.
+    leaves: Vec<Hash>,
+    seen: IdSet,
+    /// New records and their row in the segment.
+    index: Vec<(RecordId, u32)>,
+    duplicates: u64,
+    duplicate_examples: Vec<Duplicate>,
+    /// Rows the validators refused.
+    rejected: ErrorReport,
+}
+
+impl Dedup {
+    fn with_system_columns(
+        &self,
+        batch: &RecordBatch,
+        ids: &[RecordId],
+        quality: Vec<f64>,
+    ) -> Result<RecordBatch, DatanetError> {
+        let n = batch.num_rows();
+        let mut record_ids = StringBuilder::with_capacity(n, n * 64);
+        let mut hex = [0u8; 64];
+        for record in ids {
+            // Encoding 32 bytes into 64 always fits, and hex digits are always UTF-8.
+            let _ = hex::encode_to_slice(record, &mut hex);
+            record_ids.append_value(std::str::from_utf8(&hex).unwrap_or_default());
+        }
+        let mut contributors = StringBuilder::with_capacity(n, n * self.contributor.len());
+        for _ in 0..n {
+            contributors.append_value(&self.contributor);
+        }
+        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+        columns.push(Arc::new(record_ids.finish()));
+        columns.push(Arc::new(contributors.finish()));
+        columns.push(Arc::new(UInt64Array::from_value(self.batch_id, n)));
+        columns.push(Arc::new(
+            TimestampMicrosecondArray::from_value(self.submitted_at, n).with_timezone(TIMEZONE),
+        ));
+        columns.push(Arc::new(Float64Array::from(quality)));
+        RecordBatch::try_new(self.schema.clone(), columns)
+            .map_err(|e| invalid("body", e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use super::*;
+    use crate::identity::Key;
+
+    const SPEC: &str = r#"{"id": "notes", "name": "Notes", "license": "CC0-1.0", "review": "auto",
+      "schema": {"fields": [{"name": "text", "type": "string", "required": true}], "text_field": "text"}}"#;
+
+    #[test]
+    fn a_crash_between_commit_and_bulk_index_load_is_finished_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rows = "{\"text\": \"a\"}\n{\"text\": \"b\"}\n{\"text\": \"c\"}\n";
+        let ids: Vec<String> = {
+            let datanets = Datanets::open(dir.path())
+                .expect("open")
+                .with_bulk_index_min(1);
+            datanets
+                .create(serde_json::from_str(SPEC).expect("spec"), "carol")
+                .expect("create");
+            let datanet = datanets.get("notes").expect("get");
+            let input = || Input::Stream(Box::new(Cursor::new(rows.as_bytes().to_vec())));
+            let commitment =
+                Datanets::commitment(&datanet, InputFormat::Jsonl, input()).expect("commitment");
+            let key = Key::generate();
+            let contribution = Contribution {
+                format: InputFormat::Jsonl,
+                contributor: key.address(),
+                signature: key.sign_personal(&commitment.root),
+            };
+            datanets
+                .contribute("notes", contribution, input())
+                .expect("contribute");
+            // Put the store back in the state a crash right after the batch's commit leaves:
+            // the marker set and no index entries.
+            let mut crash = datanets.store.batch();
+            crash.put(CF_META, pending_index_key("notes", 1), b"");
+            for id in &commitment.ids {
+                crash.delete(CF_RECORDS, record_key("notes", id));
+            }
+            crash.commit().expect("commit");
+            let ids: Vec<String> = commitment.ids.iter().map(record_id_hex).collect();
+            assert!(
+                datanets.record("notes", &ids[0]).is_err(),
+                "index entries removed"
+            );
+            ids
+        };
+        let reopened = Datanets::open(dir.path()).expect("reopen");
+        for (row, id) in ids.iter().enumerate() {
+            let info = reopened
+                .record("notes", id)
+                .expect("the index was finished at start");
+            assert_eq!((info.batch, info.row as usize), (1, row));
+        }
+        let mut markers = 0;
+        reopened
+            .store
+            .for_each_prefix(CF_META, PENDING_INDEX_PREFIX.as_bytes(), |_, _| {
+                markers += 1;
+                Ok(())
+            })
+            .expect("scan");
+        assert_eq!(markers, 0);
+    }
+}
