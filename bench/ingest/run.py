@@ -66,13 +66,13 @@ class Server:
         self.proc.wait()
 
 
-def run_ours_end_to_end(data, n):
+def on_fresh_server(upload, n):
+    """Runs `upload(server)` against a new server over an empty data directory and returns
+    (seconds, server peak RSS MB)."""
     tmp = tempfile.mkdtemp(prefix="tributary-bench-")
     try:
         server = Server(tmp)
-        start = time.perf_counter()
-        batch = json.loads(server.cli("contribute", "bench-ingest", data, "--key", server.key))
-        seconds = time.perf_counter() - start
+        seconds, batch = upload(server)
         assert batch["accepted"] == n, batch
         peak = peak_rss_mb(server.proc.pid)
         server.stop()
@@ -81,10 +81,16 @@ def run_ours_end_to_end(data, n):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_ours_server_only(data, n):
-    tmp = tempfile.mkdtemp(prefix="tributary-bench-")
-    try:
-        server = Server(tmp)
+def contribute_with_cli(data):
+    def upload(server):
+        start = time.perf_counter()
+        batch = json.loads(server.cli("contribute", "bench-ingest", data, "--key", server.key))
+        return time.perf_counter() - start, batch
+    return upload
+
+
+def post_presigned(data):
+    def upload(server):
         signed = json.loads(server.cli("contribute", "bench-ingest", data, "--key", server.key, "--dry-run"))
         with open(os.path.join(server.data, "admin-token")) as f:
             token = f.read().strip()
@@ -96,14 +102,8 @@ def run_ours_server_only(data, n):
              "-H", f"X-Tributary-Signature: {signed['signature']}",
              f"{server.url}/v1/datanets/bench-ingest/contributions"],
             check=True, capture_output=True, text=True).stdout
-        seconds = time.perf_counter() - start
-        batch = json.loads(out)
-        assert batch["accepted"] == n, batch
-        peak = peak_rss_mb(server.proc.pid)
-        server.stop()
-        return seconds, peak
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        return time.perf_counter() - start, json.loads(out)
+    return upload
 
 
 def run_pyarrow(python, data):
@@ -132,8 +132,8 @@ def main():
     size_mb = os.path.getsize(data) / 1e6
     e2e, server, py = [], [], []
     for run in range(args.runs):
-        e2e.append(run_ours_end_to_end(data, args.records))
-        server.append(run_ours_server_only(data, args.records))
+        e2e.append(on_fresh_server(contribute_with_cli(data), args.records))
+        server.append(on_fresh_server(post_presigned(data), args.records))
         py.append(run_pyarrow(args.python, data))
         print(f"run {run + 1}: contribute {e2e[-1][0]:.2f}s, server {server[-1][0]:.2f}s "
               f"(peak {server[-1][1]:.0f} MB), pyarrow {py[-1][0]:.2f}s (peak {py[-1][1]:.0f} MB)",

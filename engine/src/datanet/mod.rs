@@ -10,6 +10,7 @@ pub mod schema;
 pub mod segment;
 pub mod service;
 pub mod validate;
+pub mod versions;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -8,10 +8,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
-use arrow::compute::filter_record_batch;
+use arrow::array::{Array, AsArray};
 use chrono::Utc;
-use parquet::arrow::ArrowWriter;
 
 use super::ingest::{ErrorReport, IngestError};
 use super::record::RecordId;
@@ -19,12 +17,11 @@ use super::schema::{SchemaError, COL_RECORD_ID};
 use super::segment::{self, SegmentError};
 use super::validate::{ValidatorChain, ValidatorError};
 use super::{
-    hex32, parse_hex32, withdrawal_message, Batch, BatchStatus, Datanet, DatanetSpec,
-    DatanetUpdate, InclusionProof, RecordInfo, RecordLocation, Version, VersionSegment,
-    WithdrawalReceipt, WithdrawalRequest,
+    parse_hex32, withdrawal_message, Batch, BatchStatus, Datanet, DatanetSpec, DatanetUpdate,
+    RecordInfo, RecordLocation, WithdrawalReceipt, WithdrawalRequest,
 };
 use crate::identity::{recover_personal, Address, IdentityError, Signature};
-use crate::merkle::{self, Hash, MerkleTree};
+use crate::merkle::{self};
 use crate::store::{Store, StoreError, CF_BATCHES, CF_CATALOG, CF_RECORDS, CF_WITHDRAWALS};
 
 /// How many record ids one withdrawal may name.
@@ -126,10 +123,6 @@ pub struct Datanets {
 
 pub(crate) fn datanet_key(id: &str) -> String {
     format!("datanet/{id}")
-}
-
-fn version_key(id: &str, version: u32) -> String {
-    format!("version/{id}/{version:010}")
 }
 
 pub(crate) fn batch_key(id: &str, batch: u64) -> String {
@@ -542,215 +535,5 @@ impl Datanets {
             withdrawn,
             already_withdrawn: already,
         })
-    }
-
-    // ---- versions ----
-
-    /// Publishes a version of every approved batch, minus withdrawn records.
-    pub fn publish(&self, id: &str) -> Result<Version, DatanetError> {
-        let lock = self.lock(id);
-        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut datanet = self.get(id)?;
-        let approved: Vec<Batch> = self
-            .batches(id, Some(BatchStatus::Approved))?
-            .into_iter()
-            .filter(|b| b.segment.is_some())
-            .collect();
-        let approved_ids: HashSet<u64> = approved.iter().map(|b| b.id).collect();
-
-        let prefix = format!("{id}\0");
-        let mut deleted: HashMap<u64, Vec<u32>> = HashMap::new();
-        let mut withdrawn: HashSet<Vec<u8>> = HashSet::new();
-        self.store
-            .for_each_prefix(CF_WITHDRAWALS, prefix.as_bytes(), |key, value| {
-                if let Some(location) = RecordLocation::decode(value) {
-                    deleted
-                        .entry(location.batch)
-                        .or_default()
-                        .push(location.row);
-                }
-                withdrawn.insert(key.to_vec());
-                Ok(())
-            })?;
-        let mut leaves = Vec::new();
-        self.store
-            .for_each_prefix(CF_RECORDS, prefix.as_bytes(), |key, value| {
-                let Some(location) = RecordLocation::decode(value) else {
-                    return Ok(());
-                };
-                if approved_ids.contains(&location.batch) && !withdrawn.contains(key) {
-                    let mut record = [0u8; 32];
-                    record.copy_from_slice(&key[prefix.len()..]);
-                    leaves.push(merkle::leaf_bytes32(&record));
-                }
-                Ok(())
-            })?;
-        let tree = MerkleTree::from_leaves(leaves);
-        let version_number = datanet.versions + 1;
-        let leaves_rel = format!("versions/{id}/{version_number:010}.leaves");
-        let mut sorted = Vec::with_capacity(tree.len() * 32);
-        for leaf in tree.sorted_leaves() {
-            sorted.extend_from_slice(&leaf);
-        }
-        segment::write_durably(&self.dirs.tmp, &self.dirs.root.join(&leaves_rel), &sorted)?;
-
-        let segments = approved
-            .iter()
-            .map(|b| {
-                let mut rows = deleted.remove(&b.id).unwrap_or_default();
-                rows.sort_unstable();
-                VersionSegment {
-                    batch: b.id,
-                    file: b.segment.clone().unwrap_or_default(),
-                    rows: b.accepted,
-                    deleted: rows,
-                }
-            })
-            .collect();
-        let version = Version {
-            datanet: id.to_string(),
-            version: version_number,
-            created_at: Utc::now(),
-            records: tree.len() as u64,
-            merkle_root: hex32(&tree.root()),
-            schema: datanet.spec.schema.clone(),
-            license: datanet.spec.license.clone(),
-            segments,
-            leaves: leaves_rel,
-        };
-        datanet.versions = version_number;
-        let mut write = self.store.batch();
-        write.put_json(CF_CATALOG, version_key(id, version_number), &version)?;
-        write.put_json(CF_CATALOG, datanet_key(id), &datanet)?;
-        write.commit()?;
-        Ok(version)
-    }
-
-    pub fn version(&self, id: &str, version: u32) -> Result<Version, DatanetError> {
-        self.store
-            .get_json(CF_CATALOG, version_key(id, version).as_bytes())?
-            .ok_or_else(|| DatanetError::VersionNotFound {
-                datanet: id.to_string(),
-                version,
-            })
-    }
-
-    pub fn versions(&self, id: &str) -> Result<Vec<Version>, DatanetError> {
-        Ok(self
-            .store
-            .scan_prefix_json(CF_CATALOG, format!("version/{id}/").as_bytes())?)
-    }
-
-    /// The inclusion proof of a record in a version.
-    pub fn proof(
-        &self,
-        id: &str,
-        version: u32,
-        record: &str,
-    ) -> Result<InclusionProof, DatanetError> {
-        let record_id = parse_record_id(record, "record_id")?;
-        let manifest = self.version(id, version)?;
-        let bytes = fs::read(self.dirs.root.join(&manifest.leaves))?;
-        let leaves: Vec<Hash> = bytes
-            .chunks_exact(32)
-            .map(|c| {
-                let mut h = [0u8; 32];
-                h.copy_from_slice(c);
-                h
-            })
-            .collect();
-        let tree = MerkleTree::from_leaves(leaves);
-        let leaf = merkle::leaf_bytes32(&record_id);
-        let proof = tree
-            .proof(&leaf)
-            .ok_or_else(|| DatanetError::RecordNotInVersion {
-                record: record_id_hex(&record_id),
-                version,
-            })?;
-        Ok(InclusionProof {
-            datanet: id.to_string(),
-            version,
-            record_id: record_id_hex(&record_id),
-            leaf: hex32(&leaf),
-            proof: proof.iter().map(hex32).collect(),
-            root: hex32(&tree.root()),
-        })
-    }
-
-    /// The Parquet export of a version: its segments' rows minus its deletion vectors, with
-    /// the system columns. Versions are immutable, so the file is built once and kept.
-    pub fn export(&self, id: &str, version: u32) -> Result<PathBuf, DatanetError> {
-        let manifest = self.version(id, version)?;
-        let path = self
-            .dirs
-            .exports
-            .join(id)
-            .join(format!("{version:010}.parquet"));
-        if path.exists() {
-            return Ok(path);
-        }
-        let lock = self.lock(id);
-        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-        if path.exists() {
-            return Ok(path);
-        }
-        let schema = manifest.schema.segment_schema();
-        let tmp = tempfile::NamedTempFile::new_in(&self.dirs.tmp)?;
-        let (file, tmp_path) = tmp.keep().map_err(|e| e.error)?;
-        let result = (|| -> Result<(), DatanetError> {
-            let mut writer = ArrowWriter::try_new(
-                std::io::BufWriter::with_capacity(1 << 20, file),
-                schema.clone(),
-                Some(segment::writer_properties()),
-            )
-            .map_err(|e| SegmentError::Format {
-                path: tmp_path.display().to_string(),
-                message: e.to_string(),
-            })?;
-            for seg in &manifest.segments {
-                let mut row = 0usize;
-                let mut deleted = seg.deleted.iter().peekable();
-                for batch in segment::read(&self.dirs.root.join(&seg.file), None)? {
-                    let batch = batch?;
-                    let n = batch.num_rows();
-                    let keep: Vec<bool> = (row..row + n)
-                        .map(|r| {
-                            if deleted.peek().is_some_and(|&&d| d as usize == r) {
-                                deleted.next();
-                                false
-                            } else {
-                                true
-                            }
-                        })
-                        .collect();
-                    row += n;
-                    let batch = if keep.iter().all(|k| *k) {
-                        batch
-                    } else {
-                        filter_record_batch(&batch, &BooleanArray::from(keep))
-                            .map_err(|e| invalid("segments", e.to_string()))?
-                    };
-                    let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())
-                        .map_err(|e| invalid("segments", e.to_string()))?;
-                    writer.write(&batch).map_err(|e| SegmentError::Format {
-                        path: tmp_path.display().to_string(),
-                        message: e.to_string(),
-                    })?;
-                }
-            }
-            let buffered = writer.into_inner().map_err(|e| SegmentError::Format {
-                path: tmp_path.display().to_string(),
-                message: e.to_string(),
-            })?;
-            let file = buffered.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()?;
-            Ok(())
-        })();
-        if let Err(e) = result {
-            let _ = fs::remove_file(&tmp_path);
-            return Err(e);
-        }
-        segment::persist_file(&tmp_path, &path)?;
-        Ok(path)
     }
 }

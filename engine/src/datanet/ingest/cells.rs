@@ -9,7 +9,7 @@ use arrow::array::{
 };
 use arrow::datatypes::SchemaRef;
 
-use super::Chunk;
+use super::{Chunk, ErrorReport};
 use crate::datanet::schema::{DatanetSchema, FieldType, TIMEZONE};
 
 /// One parsed value, already of its field's type.
@@ -137,6 +137,8 @@ pub struct RowBuilder {
     rows: Vec<u64>,
     capacity: usize,
     types: Vec<FieldType>,
+    /// For each field, its name if it is required.
+    required: Vec<Option<String>>,
 }
 
 impl RowBuilder {
@@ -151,6 +153,32 @@ impl RowBuilder {
             rows: Vec::with_capacity(capacity),
             capacity,
             types,
+            required: schema
+                .fields
+                .iter()
+                .map(|f| f.required.then(|| f.name.clone()))
+                .collect(),
+        }
+    }
+
+    /// Ends a parsed row: reports each required field left null (as `missing`), and keeps the
+    /// row only if it had no problem at all (`ok` says whether parsing found none).
+    pub fn finish_row(
+        &mut self,
+        row: u64,
+        cells: &[Cell<'_>],
+        mut ok: bool,
+        report: &mut ErrorReport,
+        missing: &str,
+    ) {
+        for (required, cell) in self.required.iter().zip(cells) {
+            if let (Some(name), Cell::Null) = (required, cell) {
+                report.push(row, Some(name), missing);
+                ok = false;
+            }
+        }
+        if ok {
+            self.push(row, cells);
         }
     }
 

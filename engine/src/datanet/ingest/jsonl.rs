@@ -256,15 +256,8 @@ impl JsonlReader {
                 }
             }
         }
-        for (spec, cell) in self.schema.fields.iter().zip(&cells) {
-            if spec.required && *cell == Cell::Null {
-                report.push(row, Some(&spec.name), "required field is missing or null");
-                ok = false;
-            }
-        }
-        if ok {
-            self.builder.push(row, &cells);
-        }
+        self.builder
+            .finish_row(row, &cells, ok, report, "required field is missing or null");
     }
 }
 
