@@ -40,7 +40,7 @@ async fn readable(app: &AppState, principal: &Principal, id: &str) -> Result<Dat
     Ok(datanet)
 }
 
-#[utoipa::path(post, path = "/v1/datanets", tag = "datanets", request_body = DatanetSpec,
+#[utoipa::path(post, operation_id = "createDatanet", path = "/v1/datanets", tag = "datanets", request_body = DatanetSpec,
     responses((status = 201, body = Datanet), (status = 400, body = Problem), (status = 409, body = Problem)),
     security(("bearer" = [])))]
 pub async fn create(
@@ -55,7 +55,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-#[utoipa::path(get, path = "/v1/datanets", tag = "datanets",
+#[utoipa::path(get, operation_id = "listDatanets", path = "/v1/datanets", tag = "datanets",
     responses((status = 200, body = [Datanet])))]
 pub async fn list(
     State(app): State<AppState>,
@@ -70,7 +70,7 @@ pub async fn list(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/datanets/{id}", tag = "datanets",
+#[utoipa::path(get, operation_id = "getDatanet", path = "/v1/datanets/{id}", tag = "datanets",
     params(("id" = String, Path, description = "Datanet id")),
     responses((status = 200, body = Datanet), (status = 404, body = Problem)))]
 pub async fn get(
@@ -81,7 +81,7 @@ pub async fn get(
     Ok(Json(readable(&app, &principal, &id).await?))
 }
 
-#[utoipa::path(patch, path = "/v1/datanets/{id}", tag = "datanets", request_body = DatanetUpdate,
+#[utoipa::path(patch, operation_id = "updateDatanet", path = "/v1/datanets/{id}", tag = "datanets", request_body = DatanetUpdate,
     params(("id" = String, Path, description = "Datanet id")),
     responses((status = 200, body = Datanet), (status = 403, body = Problem)),
     security(("bearer" = [])))]
@@ -115,7 +115,7 @@ fn header_value<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, ApiEr
 
 /// Upload a signed batch. The body is the file; the contributor's address and EIP-191
 /// signature over the Merkle root of the batch's record ids come in headers.
-#[utoipa::path(post, path = "/v1/datanets/{id}/contributions", tag = "contributions",
+#[utoipa::path(post, operation_id = "contribute", path = "/v1/datanets/{id}/contributions", tag = "contributions",
     params(("id" = String, Path, description = "Datanet id"), ContributeQuery,
         ("X-Tributary-Contributor" = String, Header, description = "The contributor's address"),
         ("X-Tributary-Signature" = String, Header, description = "EIP-191 signature of the batch's Merkle root")),
@@ -240,7 +240,7 @@ pub struct BatchQuery {
     pub status: Option<BatchStatus>,
 }
 
-#[utoipa::path(get, path = "/v1/datanets/{id}/contributions", tag = "contributions",
+#[utoipa::path(get, operation_id = "listBatches", path = "/v1/datanets/{id}/contributions", tag = "contributions",
     params(("id" = String, Path, description = "Datanet id"), BatchQuery),
     responses((status = 200, body = [Batch])))]
 pub async fn list_batches(
@@ -256,7 +256,7 @@ pub async fn list_batches(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/datanets/{id}/contributions/{batch}", tag = "contributions",
+#[utoipa::path(get, operation_id = "getBatch", path = "/v1/datanets/{id}/contributions/{batch}", tag = "contributions",
     params(("id" = String, Path, description = "Datanet id"), ("batch" = u64, Path, description = "Batch number")),
     responses((status = 200, body = Batch), (status = 404, body = Problem)))]
 pub async fn get_batch(
@@ -286,7 +286,7 @@ pub struct ReviewRequest {
     pub reason: Option<String>,
 }
 
-#[utoipa::path(post, path = "/v1/datanets/{id}/contributions/{batch}/review", tag = "contributions",
+#[utoipa::path(post, operation_id = "reviewBatch", path = "/v1/datanets/{id}/contributions/{batch}/review", tag = "contributions",
     request_body = ReviewRequest,
     params(("id" = String, Path, description = "Datanet id"), ("batch" = u64, Path, description = "Batch number")),
     responses((status = 200, body = Batch), (status = 403, body = Problem), (status = 409, body = Problem)),
@@ -311,7 +311,7 @@ pub async fn review(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/datanets/{id}/records/{record}", tag = "records",
+#[utoipa::path(get, operation_id = "getRecord", path = "/v1/datanets/{id}/records/{record}", tag = "records",
     params(("id" = String, Path, description = "Datanet id"), ("record" = String, Path, description = "Record id (hex)")),
     responses((status = 200, body = RecordInfo), (status = 404, body = Problem)))]
 pub async fn get_record(
@@ -326,7 +326,7 @@ pub async fn get_record(
     ))
 }
 
-#[utoipa::path(post, path = "/v1/datanets/{id}/withdrawals", tag = "records",
+#[utoipa::path(post, operation_id = "withdrawRecords", path = "/v1/datanets/{id}/withdrawals", tag = "records",
     request_body = WithdrawalRequest,
     params(("id" = String, Path, description = "Datanet id")),
     responses((status = 200, body = WithdrawalReceipt), (status = 403, body = Problem)),
@@ -345,7 +345,7 @@ pub async fn withdraw(
     ))
 }
 
-#[utoipa::path(post, path = "/v1/datanets/{id}/versions", tag = "versions",
+#[utoipa::path(post, operation_id = "publishVersion", path = "/v1/datanets/{id}/versions", tag = "versions",
     params(("id" = String, Path, description = "Datanet id")),
     responses((status = 201, body = Version), (status = 403, body = Problem)),
     security(("bearer" = [])))]
@@ -361,7 +361,7 @@ pub async fn publish(
     Ok((StatusCode::CREATED, Json(version)))
 }
 
-#[utoipa::path(get, path = "/v1/datanets/{id}/versions", tag = "versions",
+#[utoipa::path(get, operation_id = "listVersions", path = "/v1/datanets/{id}/versions", tag = "versions",
     params(("id" = String, Path, description = "Datanet id")),
     responses((status = 200, body = [Version])))]
 pub async fn list_versions(
@@ -376,7 +376,7 @@ pub async fn list_versions(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/datanets/{id}/versions/{v}", tag = "versions",
+#[utoipa::path(get, operation_id = "getVersion", path = "/v1/datanets/{id}/versions/{v}", tag = "versions",
     params(("id" = String, Path, description = "Datanet id"), ("v" = u32, Path, description = "Version number")),
     responses((status = 200, body = Version), (status = 404, body = Problem)))]
 pub async fn get_version(
@@ -391,7 +391,7 @@ pub async fn get_version(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/datanets/{id}/versions/{v}/proofs/{record}", tag = "versions",
+#[utoipa::path(get, operation_id = "getInclusionProof", path = "/v1/datanets/{id}/versions/{v}/proofs/{record}", tag = "versions",
     params(("id" = String, Path, description = "Datanet id"), ("v" = u32, Path, description = "Version number"),
         ("record" = String, Path, description = "Record id (hex)")),
     responses((status = 200, body = InclusionProof), (status = 404, body = Problem)))]
@@ -408,7 +408,7 @@ pub async fn proof(
 }
 
 /// The version as one Parquet file, with the system columns.
-#[utoipa::path(get, path = "/v1/datanets/{id}/versions/{v}/export", tag = "versions",
+#[utoipa::path(get, operation_id = "exportVersion", path = "/v1/datanets/{id}/versions/{v}/export", tag = "versions",
     params(("id" = String, Path, description = "Datanet id"), ("v" = u32, Path, description = "Version number")),
     responses((status = 200, content_type = "application/vnd.apache.parquet", body = Vec<u8>),
         (status = 404, body = Problem)))]

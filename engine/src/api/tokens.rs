@@ -9,7 +9,7 @@ use super::extract::JsonBody;
 use super::{blocking, AppState};
 use crate::auth::{self, IssuedToken, Principal, TokenRequest};
 
-#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = TokenRequest,
+#[utoipa::path(post, operation_id = "createToken", path = "/v1/tokens", tag = "tokens", request_body = TokenRequest,
     responses((status = 201, body = IssuedToken), (status = 401, body = Problem), (status = 403, body = Problem)),
     security(("bearer" = [])))]
 pub async fn create(
