@@ -9,7 +9,7 @@
 //! RocksDB batch commits the batch, its record index entries and the Datanet's counter. A
 //! crash before that commit leaves an orphan file, which [`Datanets::open`] removes.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::mpsc::sync_channel;
@@ -86,7 +86,8 @@ impl Hasher for IdHasher {
     }
 }
 
-type IdSet = HashSet<RecordId, BuildHasherDefault<IdHasher>>;
+/// New records of the batch and their row in the segment.
+type IdMap = HashMap<RecordId, u32, BuildHasherDefault<IdHasher>>;
 
 /// A chunk of valid rows with their ids and Merkle leaves.
 struct HashedChunk {
@@ -197,8 +198,7 @@ impl Datanets {
             schema: segment_schema,
             rows: 0,
             leaves: Vec::new(),
-            seen: IdSet::default(),
-            index: Vec::new(),
+            index: IdMap::default(),
             duplicates: 0,
             duplicate_examples: Vec::new(),
             rejected: ErrorReport::default(),
@@ -292,7 +292,7 @@ impl Datanets {
         };
         datanet.batches = batch_id;
         // Sorted keys load into RocksDB several times faster than random ones.
-        let mut index = dedup.index;
+        let mut index: Vec<(RecordId, u32)> = dedup.index.into_iter().collect();
         index.sort_unstable_by_key(|entry| entry.0);
         let bulk = index.len() >= self.bulk_index_min;
         let location = |row: u32| RecordLocation {
@@ -407,6 +407,7 @@ impl Datanets {
         writer: &mut SegmentWriter,
     ) -> Result<(), DatanetError> {
         let HashedChunk { chunk, ids, .. } = hashed;
+        let first_row = writer.rows();
         let judgement = if self.validators.is_empty() {
             None
         } else {
@@ -427,7 +428,7 @@ impl Datanets {
             }
             let first_batch = match found {
                 Some(bytes) => RecordLocation::decode(&bytes).map(|l| l.batch),
-                None if dedup.seen.contains(record) => Some(dedup.batch_id),
+                None if dedup.index.contains_key(record) => Some(dedup.batch_id),
                 None => None,
             };
             if let Some(first_batch) = first_batch {
@@ -442,7 +443,9 @@ impl Datanets {
                 keep.push(false);
                 continue;
             }
-            dedup.seen.insert(*record);
+            dedup
+                .index
+                .insert(*record, (first_row + kept_ids.len() as u64) as u32);
             keep.push(true);
             kept_ids.push(*record);
             quality.push(judgement.as_ref().map_or(1.0, |j| j.quality[i]));
@@ -450,7 +453,6 @@ impl Datanets {
         if kept_ids.is_empty() {
             return Ok(());
         }
-        let first_row = writer.rows();
         let rows = if kept_ids.len() == ids.len() {
             chunk.batch
         } else {
@@ -458,11 +460,6 @@ impl Datanets {
                 .map_err(|e| invalid("body", e.to_string()))?
         };
         writer.write(&dedup.with_system_columns(&rows, &kept_ids, quality)?)?;
-        for (offset, record) in kept_ids.into_iter().enumerate() {
-            dedup
-                .index
-                .push((record, (first_row + offset as u64) as u32));
-        }
         Ok(())
     }
 }
@@ -477,9 +474,8 @@ struct Dedup {
     rows: u64,
     /// Merkle leaves of every valid row, for the signed root.
     leaves: Vec<Hash>,
-    seen: IdSet,
-    /// New records and their row in the segment.
-    index: Vec<(RecordId, u32)>,
+    /// New records and their row in the segment; also how in-batch duplicates are found.
+    index: IdMap,
     duplicates: u64,
     duplicate_examples: Vec<Duplicate>,
     /// Rows the validators refused.
