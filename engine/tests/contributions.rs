@@ -382,3 +382,42 @@ fn openapi_documents_every_route_and_metrics_count() {
         "{metrics}"
     );
 }
+
+#[test]
+fn concurrent_uploads_of_the_same_records_store_each_once() {
+    let (f, datanet) = fixture(json!({}));
+    let mut body = Vec::new();
+    for i in 0..500 {
+        body.extend_from_slice(format!("{{\"text\": \"shared tip {i}\"}}\n").as_bytes());
+    }
+    let f = &f;
+    let results: Vec<(u16, Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|k| {
+                // Each uploader sends the same records in its own order.
+                let mut lines: Vec<&[u8]> = body.split_inclusive(|b| *b == b'\n').collect();
+                lines.rotate_left(k * 97);
+                let mine = lines.concat();
+                let datanet = &datanet;
+                scope.spawn(move || f.upload(datanet, InputFormat::Jsonl, mine))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("uploader"))
+            .collect()
+    });
+    let accepted: u64 = results
+        .iter()
+        .map(|(s, b)| {
+            assert_eq!(*s, 201, "{b}");
+            b["accepted"].as_u64().expect("accepted")
+        })
+        .sum();
+    let duplicates: u64 = results
+        .iter()
+        .map(|(_, b)| b["duplicates"].as_u64().expect("duplicates"))
+        .sum();
+    assert_eq!((accepted, duplicates), (500, 1500));
+    assert_eq!(f.datanet()["batches"], 4);
+}
