@@ -168,8 +168,8 @@ pub struct Version {
     pub schema: DatanetSchema,
     pub license: String,
     pub segments: Vec<VersionSegment>,
-    /// File of the sorted leaf hashes, relative to the data directory, for proofs.
-    pub leaves: String,
+    /// File of the Merkle tree's nodes, relative to the data directory, for proofs.
+    pub tree: String,
 }
 
 /// Where a record lives and who contributed it.

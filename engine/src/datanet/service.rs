@@ -270,7 +270,7 @@ impl Datanets {
                 }
             }
             for version in self.versions(&datanet.spec.id)? {
-                referenced.insert(self.dirs.root.join(&version.leaves));
+                referenced.insert(self.dirs.root.join(&version.tree));
             }
         }
         for top in [&self.dirs.segments, &self.dirs.versions] {

@@ -15,7 +15,7 @@ use super::service::{
     datanet_key, invalid, parse_record_id, record_id_hex, DatanetError, Datanets,
 };
 use super::{hex32, Batch, BatchStatus, InclusionProof, RecordLocation, Version, VersionSegment};
-use crate::merkle::{self, Hash, MerkleTree};
+use crate::merkle::{self, MerkleTree, StoredTree};
 use crate::store::{CF_CATALOG, CF_RECORDS, CF_WITHDRAWALS};
 
 pub(crate) fn version_key(id: &str, version: u32) -> String {
@@ -64,12 +64,13 @@ impl Datanets {
             })?;
         let tree = MerkleTree::from_leaves(leaves);
         let version_number = datanet.versions + 1;
-        let leaves_rel = format!("versions/{id}/{version_number:010}.leaves");
-        let mut sorted = Vec::with_capacity(tree.len() * 32);
-        for leaf in tree.sorted_leaves() {
-            sorted.extend_from_slice(&leaf);
-        }
-        segment::write_durably(&self.dirs.tmp, &self.dirs.root.join(&leaves_rel), &sorted)?;
+        // The whole node array is kept, so a proof reads a few nodes instead of rebuilding.
+        let tree_rel = format!("versions/{id}/{version_number:010}.tree");
+        segment::write_durably(
+            &self.dirs.tmp,
+            &self.dirs.root.join(&tree_rel),
+            &tree.to_bytes(),
+        )?;
 
         let segments = approved
             .iter()
@@ -93,7 +94,7 @@ impl Datanets {
             schema: datanet.spec.schema.clone(),
             license: datanet.spec.license.clone(),
             segments,
-            leaves: leaves_rel,
+            tree: tree_rel,
         };
         datanet.versions = version_number;
         let mut write = self.store.batch();
@@ -127,19 +128,10 @@ impl Datanets {
     ) -> Result<InclusionProof, DatanetError> {
         let record_id = parse_record_id(record, "record_id")?;
         let manifest = self.version(id, version)?;
-        let bytes = fs::read(self.dirs.root.join(&manifest.leaves))?;
-        let leaves: Vec<Hash> = bytes
-            .chunks_exact(32)
-            .map(|c| {
-                let mut h = [0u8; 32];
-                h.copy_from_slice(c);
-                h
-            })
-            .collect();
-        let tree = MerkleTree::from_leaves(leaves);
+        let tree = StoredTree::open(fs::File::open(self.dirs.root.join(&manifest.tree))?)?;
         let leaf = merkle::leaf_bytes32(&record_id);
         let proof = tree
-            .proof(&leaf)
+            .proof(&leaf)?
             .ok_or_else(|| DatanetError::RecordNotInVersion {
                 record: record_id_hex(&record_id),
                 version,
@@ -150,7 +142,7 @@ impl Datanets {
             record_id: record_id_hex(&record_id),
             leaf: hex32(&leaf),
             proof: proof.iter().map(hex32).collect(),
-            root: hex32(&tree.root()),
+            root: hex32(&tree.root()?),
         })
     }
 
