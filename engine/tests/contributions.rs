@@ -420,4 +420,30 @@ fn concurrent_uploads_of_the_same_records_store_each_once() {
         .sum();
     assert_eq!((accepted, duplicates), (500, 1500));
     assert_eq!(f.datanet()["batches"], 4);
+
+    // Batches page in order.
+    let page = |query: &str| {
+        let r = f
+            .server
+            .http()
+            .get(format!(
+                "{}/v1/datanets/kitchen-tips/contributions?{query}",
+                f.server.url
+            ))
+            .send()
+            .expect("list");
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().expect("json"))
+    };
+    let ids = |v: &Value| -> Vec<u64> {
+        v.as_array()
+            .expect("list")
+            .iter()
+            .map(|b| b["id"].as_u64().expect("id"))
+            .collect()
+    };
+    assert_eq!(ids(&page("limit=3").1), vec![1, 2, 3]);
+    assert_eq!(ids(&page("after=3&limit=3").1), vec![4]);
+    let (status, problem) = page("limit=0");
+    assert_eq!((status, problem["field"].as_str()), (400, Some("limit")));
 }

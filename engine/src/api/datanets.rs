@@ -234,10 +234,17 @@ pub async fn contribute(
     Ok((StatusCode::CREATED, Json(result?)))
 }
 
+/// Largest page of batches one request returns.
+pub const MAX_PAGE: usize = 1000;
+
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct BatchQuery {
     /// Only batches in this status.
     pub status: Option<BatchStatus>,
+    /// Only batches numbered above this one (for paging: the last id of the previous page).
+    pub after: Option<u64>,
+    /// At most this many batches (default and maximum 1000).
+    pub limit: Option<usize>,
 }
 
 #[utoipa::path(get, operation_id = "listBatches", path = "/v1/datanets/{id}/contributions", tag = "contributions",
@@ -251,8 +258,25 @@ pub async fn list_batches(
 ) -> Result<Json<Vec<Batch>>, ApiError> {
     readable(&app, &principal, &id).await?;
     let datanets = app.datanets.clone();
+    let limit = match query.limit {
+        Some(0) => return Err(ApiError::bad_request("limit", "limit must be at least 1")),
+        Some(n) if n > MAX_PAGE => {
+            return Err(ApiError::bad_request(
+                "limit",
+                format!("limit is at most {MAX_PAGE}"),
+            ))
+        }
+        Some(n) => n,
+        None => MAX_PAGE,
+    };
+    let after = query.after.unwrap_or(0);
     Ok(Json(
-        blocking(move || datanets.batches(&id, query.status).map_err(ApiError::from)).await?,
+        blocking(move || {
+            datanets
+                .batch_page(&id, query.status, after, limit)
+                .map_err(ApiError::from)
+        })
+        .await?,
     ))
 }
 

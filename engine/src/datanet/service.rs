@@ -376,17 +376,44 @@ impl Datanets {
             })
     }
 
+    /// Every batch, optionally of one status, in batch order.
     pub fn batches(
         &self,
         id: &str,
         status: Option<BatchStatus>,
     ) -> Result<Vec<Batch>, DatanetError> {
+        self.batch_page(id, status, 0, usize::MAX)
+    }
+
+    /// Up to `limit` batches numbered above `after`, optionally of one status.
+    pub fn batch_page(
+        &self,
+        id: &str,
+        status: Option<BatchStatus>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Batch>, DatanetError> {
         let prefix = format!("{id}\0");
-        let all: Vec<Batch> = self.store.scan_prefix_json(CF_BATCHES, prefix.as_bytes())?;
-        Ok(all
-            .into_iter()
-            .filter(|b| status.is_none_or(|s| b.status == s))
-            .collect())
+        let start = batch_key(id, after.saturating_add(1));
+        let mut page = Vec::new();
+        self.store.scan(
+            CF_BATCHES,
+            prefix.as_bytes(),
+            start.as_bytes(),
+            |key, value| {
+                let batch: Batch =
+                    serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
+                        cf: CF_BATCHES,
+                        key: String::from_utf8_lossy(key).into_owned(),
+                        message: e.to_string(),
+                    })?;
+                if status.is_none_or(|s| batch.status == s) {
+                    page.push(batch);
+                }
+                Ok(page.len() < limit)
+            },
+        )?;
+        Ok(page)
     }
 
     /// Approves or rejects a pending batch. A rejected batch's records leave the index (they

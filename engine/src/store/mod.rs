@@ -190,15 +190,25 @@ impl Store {
         prefix: &[u8],
         mut visit: impl FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
+        self.scan(cf, prefix, prefix, |k, v| visit(k, v).map(|()| true))
+    }
+
+    /// Visits entries under `prefix` from key `start` on, while `visit` returns true.
+    pub fn scan(
+        &self,
+        cf: &'static str,
+        prefix: &[u8],
+        start: &[u8],
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
         let iter = self
             .db
-            .iterator_cf(self.cf(cf), IteratorMode::From(prefix, Direction::Forward));
+            .iterator_cf(self.cf(cf), IteratorMode::From(start, Direction::Forward));
         for item in iter {
             let (key, value) = item?;
-            if !key.starts_with(prefix) {
+            if !key.starts_with(prefix) || !visit(&key, &value)? {
                 break;
             }
-            visit(&key, &value)?;
         }
         Ok(())
     }
