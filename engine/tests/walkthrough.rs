@@ -125,6 +125,20 @@ fn curator_contributor_and_reader_walkthrough() {
         "line 3 of the CSV"
     );
     server.cli_json(Some(&curator), &["batches", "approve", "kitchen-tips", "2"]);
+    let page = server.cli_json(
+        None,
+        &[
+            "batches",
+            "list",
+            "kitchen-tips",
+            "--after",
+            "1",
+            "--limit",
+            "5",
+        ],
+    );
+    assert_eq!(page.as_array().map(|p| p.len()), Some(1));
+    assert_eq!(page[0]["id"], 2);
 
     // Bad rows: refused whole, every problem named by row and field, nothing stored.
     let bad = example("bad-tips.jsonl");

@@ -288,11 +288,23 @@ fn contribute(client: &Client, args: ContributeArgs) -> Result<()> {
 
 fn batches(client: &Client, cmd: BatchesCommand) -> Result<()> {
     match cmd {
-        BatchesCommand::List { datanet, status } => {
-            let mut path = format!("/v1/datanets/{datanet}/contributions");
+        BatchesCommand::List {
+            datanet,
+            status,
+            after,
+            limit,
+        } => {
+            let mut query = Vec::new();
             if let Some(s) = status {
-                path.push_str(&format!("?status={}", format!("{s:?}").to_lowercase()));
+                query.push(format!("status={}", format!("{s:?}").to_lowercase()));
             }
+            if let Some(a) = after {
+                query.push(format!("after={a}"));
+            }
+            if let Some(l) = limit {
+                query.push(format!("limit={l}"));
+            }
+            let path = format!("/v1/datanets/{datanet}/contributions?{}", query.join("&"));
             print_json(&client.get::<Vec<Batch>>(&path)?)
         }
         BatchesCommand::Get { datanet, batch } => print_json(

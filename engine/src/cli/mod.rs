@@ -160,6 +160,12 @@ pub enum BatchesCommand {
         datanet: String,
         #[arg(long, value_parser = parse_status)]
         status: Option<BatchStatus>,
+        /// Only batches numbered above this one.
+        #[arg(long)]
+        after: Option<u64>,
+        /// At most this many (up to 1000).
+        #[arg(long)]
+        limit: Option<usize>,
     },
     Get {
         datanet: String,
