@@ -226,6 +226,27 @@ fn skip_mode_stores_good_rows_and_reject_mode_stores_nothing() {
         (body["accepted"].as_u64(), body["invalid"].as_u64()),
         (Some(6), Some(4))
     );
+
+    // Only bad rows, even when skipping: refused with the report, not as merely empty.
+    let (status, body) = f.upload(&datanet, InputFormat::Jsonl, bad);
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["total_errors"], 4);
+
+    // A byte-order mark before the CSV header or the first JSON line is not part of the data.
+    let csv = b"\xef\xbb\xbftext,topic\nBrown the butter first.,baking\n".to_vec();
+    let (status, body) = f.upload(&datanet, InputFormat::Csv, csv);
+    assert_eq!(
+        (status, body["accepted"].as_u64()),
+        (201, Some(1)),
+        "{body}"
+    );
+    let jsonl = b"\xef\xbb\xbf{\"text\": \"Warm the plates.\"}\n".to_vec();
+    let (status, body) = f.upload(&datanet, InputFormat::Jsonl, jsonl);
+    assert_eq!(
+        (status, body["accepted"].as_u64()),
+        (201, Some(1)),
+        "{body}"
+    );
 }
 
 #[test]

@@ -226,7 +226,12 @@ impl Datanets {
             return Err(cleanup(DatanetError::InvalidRows(Box::new(errors))));
         }
         if dedup.rows == 0 {
-            return Err(cleanup(DatanetError::EmptyBatch));
+            // With every row bad, the report says more than "empty" does.
+            return Err(cleanup(if errors.is_empty() {
+                DatanetError::EmptyBatch
+            } else {
+                DatanetError::InvalidRows(Box::new(errors))
+            }));
         }
         let accepted = dedup.index.len() as u64;
         let file = if accepted > 0 {

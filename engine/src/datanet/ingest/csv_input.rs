@@ -29,7 +29,13 @@ impl CsvReader {
             .map_err(|e| IngestError::malformed(format!("cannot read the CSV header row: {e}")))?
             .clone();
         let mut columns = Vec::with_capacity(headers.len());
-        for name in headers.iter() {
+        for (n, name) in headers.iter().enumerate() {
+            // Spreadsheet exports often start with a byte-order mark.
+            let name = if n == 0 {
+                name.trim_start_matches('\u{feff}')
+            } else {
+                name
+            };
             let (i, _) = schema.field(name.trim()).ok_or_else(|| {
                 IngestError::malformed(format!(
                     "CSV column {name:?} is not a field of the Datanet's schema"

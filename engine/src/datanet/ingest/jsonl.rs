@@ -220,7 +220,10 @@ impl JsonlReader {
 
     fn parse_line(&mut self, report: &mut ErrorReport) {
         let row = self.line_no;
-        let text = trim_ascii(&self.line);
+        let mut text = trim_ascii(&self.line);
+        if row == 1 {
+            text = text.strip_prefix("\u{feff}".as_bytes()).unwrap_or(text);
+        }
         if text.is_empty() {
             return;
         }
