@@ -264,6 +264,28 @@ impl JsonlReader {
     }
 }
 
+/// The longest line (one record) a JSONL upload may have.
+const MAX_LINE_BYTES: u64 = 16 << 20;
+
+fn skip_rest_of_line(input: &mut impl BufRead) -> std::io::Result<()> {
+    loop {
+        let buf = input.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match buf.iter().position(|b| *b == b'\n') {
+            Some(end) => {
+                input.consume(end + 1);
+                return Ok(());
+            }
+            None => {
+                let len = buf.len();
+                input.consume(len);
+            }
+        }
+    }
+}
+
 fn trim_ascii(bytes: &[u8]) -> &[u8] {
     let start = bytes
         .iter()
@@ -280,16 +302,64 @@ impl ChunkReader for JsonlReader {
     fn next_chunk(&mut self, report: &mut ErrorReport) -> Result<Option<Chunk>, IngestError> {
         while !self.done && self.builder.len() < CHUNK_ROWS {
             self.line.clear();
-            if self.input.read_until(b'\n', &mut self.line)? == 0 {
+            let read = (&mut self.input)
+                .take(MAX_LINE_BYTES)
+                .read_until(b'\n', &mut self.line)?;
+            if read == 0 {
                 self.done = true;
                 break;
             }
             self.line_no += 1;
+            if read as u64 == MAX_LINE_BYTES && self.line.last() != Some(&b'\n') {
+                // One record may not hold the reader's memory hostage: drop the rest of it.
+                skip_rest_of_line(&mut self.input)?;
+                report.push(
+                    self.line_no,
+                    None,
+                    format!("the line is longer than {} MiB", MAX_LINE_BYTES >> 20),
+                );
+                continue;
+            }
             self.parse_line(report);
         }
         if self.builder.is_empty() {
             return Ok(None);
         }
         Ok(Some(self.builder.finish()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datanet::schema::{FieldSpec, FieldType};
+
+    #[test]
+    fn an_overlong_line_is_reported_and_the_next_line_still_read() {
+        let schema = DatanetSchema {
+            fields: vec![FieldSpec {
+                name: "text".into(),
+                field_type: FieldType::String,
+                required: true,
+                description: None,
+            }],
+            text_field: "text".into(),
+        };
+        let mut input = format!(
+            "{{\"text\": \"{}\"}}\n",
+            "x".repeat(MAX_LINE_BYTES as usize)
+        );
+        input.push_str("{\"text\": \"short\"}\n");
+        let mut reader =
+            JsonlReader::new(Box::new(std::io::Cursor::new(input.into_bytes())), &schema);
+        let mut report = ErrorReport::default();
+        let chunk = reader
+            .next_chunk(&mut report)
+            .expect("read")
+            .expect("a chunk");
+        assert_eq!(chunk.rows, vec![2]);
+        assert_eq!(report.total, 1);
+        assert_eq!(report.errors[0].row, 1);
+        assert!(report.errors[0].message.contains("longer than 16 MiB"));
     }
 }
