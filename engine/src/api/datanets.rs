@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::TryStreamExt;
 use serde::Deserialize;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
 use utoipa::{IntoParams, ToSchema};
 
@@ -163,54 +163,17 @@ pub async fn contribute(
     let datanet = load(&app, &id).await?;
     principal.can_contribute(&datanet, &contributor)?;
 
-    let limit = app.limits.max_upload_bytes;
-    let mut received = 0u64;
-    let stream = body
-        .into_data_stream()
-        .map_err(std::io::Error::other)
-        .and_then(move |chunk| {
-            received += chunk.len() as u64;
-            let result = if received > limit {
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::FileTooLarge,
-                    format!("the upload is larger than this server's limit of {limit} bytes"),
-                ))
-            } else {
-                Ok(chunk)
-            };
-            futures::future::ready(result)
-        });
-    let mut reader = StreamReader::new(stream);
-
-    let spooled;
-    let input = if format.needs_seek() {
-        let tmp = tempfile::NamedTempFile::new_in(&app.datanets.dirs().tmp)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        let mut file = tokio::fs::File::from_std(
-            tmp.reopen()
-                .map_err(|e| ApiError::internal(e.to_string()))?,
-        );
-        if let Err(e) = tokio::io::copy(&mut reader, &mut file).await {
-            let status = if e.kind() == std::io::ErrorKind::FileTooLarge {
-                StatusCode::PAYLOAD_TOO_LARGE
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            return Err(
-                ApiError::new(status, "unreadable-upload", e.to_string()).with_field("body")
-            );
-        }
-        file.flush()
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        let std_file = tmp
+    let reader = limited_body(body, app.limits.max_upload_bytes);
+    // Parquet and Arrow files keep their footer at the end, so they are spooled to disk first;
+    // line formats are parsed as they arrive.
+    let (input, spooled) = if format.needs_seek() {
+        let file = spool(reader, &app.datanets.dirs().tmp).await?;
+        let reopened = file
             .reopen()
             .map_err(|e| ApiError::internal(e.to_string()))?;
-        spooled = Some(tmp);
-        Input::File(std_file)
+        (Input::File(reopened), Some(file))
     } else {
-        spooled = None;
-        Input::Stream(Box::new(SyncIoBridge::new(reader)))
+        (Input::Stream(Box::new(SyncIoBridge::new(reader))), None)
     };
     let contribution = Contribution {
         format,
@@ -232,6 +195,51 @@ pub async fn contribute(
         Err(_) => metrics.contribution_refused(),
     }
     Ok((StatusCode::CREATED, Json(result?)))
+}
+
+/// The request body as a reader that fails once more than `limit` bytes have arrived.
+fn limited_body(body: Body, limit: u64) -> impl AsyncRead + Send + Unpin + 'static {
+    let mut received = 0u64;
+    let stream = body
+        .into_data_stream()
+        .map_err(std::io::Error::other)
+        .and_then(move |chunk| {
+            received += chunk.len() as u64;
+            futures::future::ready(if received > limit {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::FileTooLarge,
+                    format!("the upload is larger than this server's limit of {limit} bytes"),
+                ))
+            } else {
+                Ok(chunk)
+            })
+        });
+    StreamReader::new(stream)
+}
+
+/// Copies an upload into a temporary file in `dir`, removed when the file is dropped.
+async fn spool(
+    mut reader: impl AsyncRead + Unpin,
+    dir: &std::path::Path,
+) -> Result<tempfile::NamedTempFile, ApiError> {
+    let tmp =
+        tempfile::NamedTempFile::new_in(dir).map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut file = tokio::fs::File::from_std(
+        tmp.reopen()
+            .map_err(|e| ApiError::internal(e.to_string()))?,
+    );
+    if let Err(e) = tokio::io::copy(&mut reader, &mut file).await {
+        let status = if e.kind() == std::io::ErrorKind::FileTooLarge {
+            StatusCode::PAYLOAD_TOO_LARGE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        return Err(ApiError::new(status, "unreadable-upload", e.to_string()).with_field("body"));
+    }
+    file.flush()
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(tmp)
 }
 
 /// Largest page of batches one request returns.
