@@ -273,7 +273,7 @@ fn contribute(client: &Client, args: ContributeArgs) -> Result<()> {
             Method::POST,
             &format!("/v1/datanets/{}/contributions", args.datanet),
         )
-        .query(&[("format", format!("{format:?}").to_lowercase())])
+        .query(&[("format", format.name())])
         .header(reqwest::header::CONTENT_TYPE, format.media_type())
         .header(HEADER_CONTRIBUTOR, key.address().to_string())
         .header(HEADER_SIGNATURE, signature.to_hex());

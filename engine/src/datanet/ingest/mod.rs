@@ -49,6 +49,16 @@ impl InputFormat {
         }
     }
 
+    /// The name `parse` and the `format` query parameter take.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Jsonl => "jsonl",
+            Self::Csv => "csv",
+            Self::Parquet => "parquet",
+            Self::Arrow => "arrow",
+        }
+    }
+
     /// The format a media type names, for uploads that say it in `Content-Type`.
     pub fn from_media_type(media: &str) -> Option<Self> {
         let essence = media
