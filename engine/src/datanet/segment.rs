@@ -55,8 +55,8 @@ pub fn writer_properties() -> WriterProperties {
         .build()
 }
 
-/// Writes a Parquet file under a temporary name; [`SegmentWriter::persist`] makes it durable
-/// under its final name.
+/// Writes a Parquet file under a temporary name; [`SegmentWriter::finish`] hands back the
+/// file to sync, and [`persist_file`] moves it into place.
 pub struct SegmentWriter {
     tmp_path: PathBuf,
     writer: ArrowWriter<BufWriter<File>>,
