@@ -16,8 +16,8 @@ use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Float64Array, RecordBatch, StringBuilder,
-    TimestampMicrosecondArray, UInt64Array,
+    ArrayRef, BooleanArray, Float64Array, RecordBatch, StringBuilder, TimestampMicrosecondArray,
+    UInt64Array,
 };
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::SchemaRef;
@@ -25,12 +25,11 @@ use chrono::Utc;
 
 use super::ingest::{self, Chunk, ChunkReader, ErrorReport, IngestError, Input, InputFormat};
 use super::record::{record_ids, RecordId};
-use super::schema::COL_RECORD_ID;
 use super::schema::{DatanetSchema, TIMEZONE};
-use super::segment::{self, persist_file, SegmentWriter};
+use super::segment::{persist_file, SegmentWriter};
 use super::service::{
-    batch_key, datanet_key, invalid, parse_record_id, record_id_hex, record_key, segment_relpath,
-    DatanetError, Datanets,
+    batch_key, datanet_key, invalid, record_id_hex, record_key, segment_relpath, DatanetError,
+    Datanets,
 };
 use super::{
     hex32, Batch, BatchStatus, Datanet, Duplicate, InvalidRows, RecordLocation, ReviewMode,
@@ -372,30 +371,28 @@ impl Datanets {
                 Ok(())
             })?;
         for entry in &pending {
-            let Some((id, batch)) = entry.split_once('\0') else {
+            let parsed = entry
+                .split_once('\0')
+                .and_then(|(id, batch)| Some((id, u64::from_str_radix(batch, 16).ok()?)));
+            let Some((id, batch_id)) = parsed else {
+                tracing::warn!(marker = %entry.escape_debug(), "ignoring a malformed pending-index marker");
                 continue;
             };
-            let batch_id = u64::from_str_radix(batch, 16).unwrap_or(0);
             let batch = self.batch(id, batch_id)?;
-            let mut entries = Vec::with_capacity(batch.accepted as usize);
-            if let Some(rel) = &batch.segment {
-                for ids in segment::read(&self.dirs.root.join(rel), Some(&[COL_RECORD_ID]))? {
-                    let ids = ids?;
-                    let column = ids.column(0).as_string::<i32>();
-                    for i in 0..column.len() {
-                        let record = parse_record_id(column.value(i), COL_RECORD_ID)?;
-                        let row = entries.len() as u32;
-                        entries.push((
-                            record,
-                            RecordLocation {
-                                batch: batch_id,
-                                row,
-                                contributor: batch.contributor,
-                            },
-                        ));
-                    }
-                }
-            }
+            let ids = match &batch.segment {
+                Some(rel) => self.segment_record_ids(rel)?,
+                None => Vec::new(),
+            };
+            let location = |row: usize| RecordLocation {
+                batch: batch_id,
+                row: row as u32,
+                contributor: batch.contributor,
+            };
+            let mut entries: Vec<(RecordId, RecordLocation)> = ids
+                .into_iter()
+                .enumerate()
+                .map(|(row, record)| (record, location(row)))
+                .collect();
             entries.sort_unstable_by_key(|entry| entry.0);
             self.load_index(id, batch_id, entries.iter().copied())?;
         }

@@ -443,16 +443,10 @@ impl Datanets {
         } else {
             batch.status = BatchStatus::Rejected;
             if let Some(rel) = batch.segment.take() {
-                let path = self.dirs.root.join(&rel);
-                for ids in segment::read(&path, Some(&[COL_RECORD_ID]))? {
-                    let ids = ids?;
-                    let column = ids.column(0).as_string::<i32>();
-                    for i in 0..column.len() {
-                        let record = parse_record_id(column.value(i), COL_RECORD_ID)?;
-                        write.delete(CF_RECORDS, record_key(id, &record));
-                    }
+                for record in self.segment_record_ids(&rel)? {
+                    write.delete(CF_RECORDS, record_key(id, &record));
                 }
-                delete_after = Some(path);
+                delete_after = Some(self.dirs.root.join(&rel));
             }
         }
         write.put_json(CF_BATCHES, batch_key(id, batch_id), &batch)?;
@@ -462,6 +456,19 @@ impl Datanets {
             let _ = fs::remove_file(path);
         }
         Ok(batch)
+    }
+
+    /// The record ids of a segment, in row order.
+    pub(crate) fn segment_record_ids(&self, rel: &str) -> Result<Vec<RecordId>, DatanetError> {
+        let mut ids = Vec::new();
+        for batch in segment::read(&self.dirs.root.join(rel), Some(&[COL_RECORD_ID]))? {
+            let batch = batch?;
+            let column = batch.column(0).as_string::<i32>();
+            for i in 0..column.len() {
+                ids.push(parse_record_id(column.value(i), COL_RECORD_ID)?);
+            }
+        }
+        Ok(ids)
     }
 
     // ---- records and withdrawals ----

@@ -36,17 +36,13 @@ impl Datanets {
         let approved_ids: HashSet<u64> = approved.iter().map(|b| b.id).collect();
 
         let prefix = format!("{id}\0");
-        let mut deleted: HashMap<u64, Vec<u32>> = HashMap::new();
-        let mut withdrawn: HashSet<Vec<u8>> = HashSet::new();
+        // Withdrawals are keyed like the index and hold the record's location.
+        let mut withdrawn: HashSet<(u64, u32)> = HashSet::new();
         self.store
-            .for_each_prefix(CF_WITHDRAWALS, prefix.as_bytes(), |key, value| {
+            .for_each_prefix(CF_WITHDRAWALS, prefix.as_bytes(), |_, value| {
                 if let Some(location) = RecordLocation::decode(value) {
-                    deleted
-                        .entry(location.batch)
-                        .or_default()
-                        .push(location.row);
+                    withdrawn.insert((location.batch, location.row));
                 }
-                withdrawn.insert(key.to_vec());
                 Ok(())
             })?;
         let mut leaves = Vec::new();
@@ -55,7 +51,9 @@ impl Datanets {
                 let Some(location) = RecordLocation::decode(value) else {
                     return Ok(());
                 };
-                if approved_ids.contains(&location.batch) && !withdrawn.contains(key) {
+                if approved_ids.contains(&location.batch)
+                    && !withdrawn.contains(&(location.batch, location.row))
+                {
                     let mut record = [0u8; 32];
                     record.copy_from_slice(&key[prefix.len()..]);
                     leaves.push(merkle::leaf_bytes32(&record));
@@ -72,6 +70,10 @@ impl Datanets {
             &tree.to_bytes(),
         )?;
 
+        let mut deleted: HashMap<u64, Vec<u32>> = HashMap::new();
+        for (batch, row) in withdrawn {
+            deleted.entry(batch).or_default().push(row);
+        }
         let segments = approved
             .iter()
             .map(|b| {
