@@ -8,7 +8,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::TryStreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
 use utoipa::{IntoParams, ToSchema};
@@ -245,13 +245,16 @@ async fn spool(
 /// Largest page of batches one request returns.
 pub const MAX_PAGE: usize = 1000;
 
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Debug, Default, Serialize, Deserialize, IntoParams)]
 pub struct BatchQuery {
     /// Only batches in this status.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<BatchStatus>,
     /// Only batches numbered above this one (for paging: the last id of the previous page).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub after: Option<u64>,
     /// At most this many batches (default and maximum 1000).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
 }
 

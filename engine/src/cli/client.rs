@@ -33,12 +33,7 @@ fn render_problem(p: &Problem) -> String {
     out.push_str(&format!(" ({} {})", p.status, p.kind));
     if let Some(errors) = &p.errors {
         for e in errors {
-            let field = e
-                .field
-                .as_deref()
-                .map(|f| format!(", field {f}"))
-                .unwrap_or_default();
-            out.push_str(&format!("\n  row {}{field}: {}", e.row, e.message));
+            out.push_str(&format!("\n  {e}"));
         }
         if let Some(total) = p.total_errors {
             if total as usize > errors.len() {
@@ -103,6 +98,15 @@ impl Client {
 
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         Self::decode(self.send(self.request(Method::GET, path))?)
+    }
+
+    /// GET with query parameters taken from `query`'s fields.
+    pub fn get_query<Q: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &Q,
+    ) -> Result<T, ClientError> {
+        Self::decode(self.send(self.request(Method::GET, path).query(query))?)
     }
 
     pub fn post<B: Serialize, T: DeserializeOwned>(

@@ -14,14 +14,14 @@ use super::{
     BatchesCommand, Cli, Command, ContributeArgs, DatanetsCommand, KeyArg, KeysCommand,
     RecordsCommand, ServeArgs, TokensCommand, VersionsCommand,
 };
-use crate::api::datanets::{HEADER_CONTRIBUTOR, HEADER_SIGNATURE};
+use crate::api::datanets::{BatchQuery, HEADER_CONTRIBUTOR, HEADER_SIGNATURE};
 use crate::api::{self, AppState, Limits};
 use crate::auth::{IssuedToken, Role, TokenRequest};
 use crate::datanet::ingest::{Input, InputFormat};
 use crate::datanet::service::Datanets;
 use crate::datanet::{
-    withdrawal_message, Batch, Datanet, DatanetSpec, DatanetUpdate, InclusionProof, InvalidRows,
-    RecordInfo, ReviewMode, Version, Visibility, WithdrawalReceipt, WithdrawalRequest,
+    hex32, withdrawal_message, Batch, Datanet, DatanetSpec, DatanetUpdate, InclusionProof,
+    InvalidRows, RecordInfo, ReviewMode, Version, Visibility, WithdrawalReceipt, WithdrawalRequest,
 };
 use crate::identity::{Address, Key};
 use crate::merkle;
@@ -232,10 +232,7 @@ fn contribute(client: &Client, args: ContributeArgs) -> Result<()> {
             .errors
             .errors
             .iter()
-            .map(|e| match &e.field {
-                Some(f) => format!("  row {}, field {f}: {}", e.row, e.message),
-                None => format!("  row {}: {}", e.row, e.message),
-            })
+            .map(|e| format!("  {e}"))
             .collect();
         if datanet.spec.invalid_rows == InvalidRows::Reject {
             bail!(
@@ -253,15 +250,15 @@ fn contribute(client: &Client, args: ContributeArgs) -> Result<()> {
     }
     let signature = key.sign_personal(&commitment.root);
     eprintln!(
-        "{} valid rows, Merkle root 0x{}, signed by {}",
+        "{} valid rows, Merkle root {}, signed by {}",
         commitment.ids.len(),
-        hex::encode(commitment.root),
+        hex32(&commitment.root),
         key.address()
     );
     if args.dry_run {
         return print_json(&serde_json::json!({
             "contributor": key.address(),
-            "merkle_root": format!("0x{}", hex::encode(commitment.root)),
+            "merkle_root": hex32(&commitment.root),
             "signature": signature.to_hex(),
             "rows": commitment.ids.len(),
             "invalid": commitment.errors.total,
@@ -294,18 +291,13 @@ fn batches(client: &Client, cmd: BatchesCommand) -> Result<()> {
             after,
             limit,
         } => {
-            let mut query = Vec::new();
-            if let Some(s) = status {
-                query.push(format!("status={}", format!("{s:?}").to_lowercase()));
-            }
-            if let Some(a) = after {
-                query.push(format!("after={a}"));
-            }
-            if let Some(l) = limit {
-                query.push(format!("limit={l}"));
-            }
-            let path = format!("/v1/datanets/{datanet}/contributions?{}", query.join("&"));
-            print_json(&client.get::<Vec<Batch>>(&path)?)
+            let query = BatchQuery {
+                status,
+                after,
+                limit,
+            };
+            let path = format!("/v1/datanets/{datanet}/contributions");
+            print_json(&client.get_query::<_, Vec<Batch>>(&path, &query)?)
         }
         BatchesCommand::Get { datanet, batch } => print_json(
             &client.get::<Batch>(&format!("/v1/datanets/{datanet}/contributions/{batch}"))?,
