@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use common::{example, Server};
+use common::{example, example_spec, Server};
 use serde_json::{json, Value};
 use tributary::datanet::ingest::{Input, InputFormat};
 use tributary::{Datanet, Datanets, Key};
@@ -27,22 +27,12 @@ fn fixture_with(changes: Value, args: &[&str]) -> (Fixture, Datanet) {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start_with(&dir.path().join("data"), args);
     let admin = server.admin_token();
-    let mut spec: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("datanet.json")).expect("spec"))
-            .expect("json");
+    let mut spec = example_spec();
     spec["review"] = "auto".into();
     for (k, v) in changes.as_object().expect("object") {
         spec[k] = v.clone();
     }
-    let response = server
-        .http()
-        .post(format!("{}/v1/datanets", server.url))
-        .bearer_auth(&admin)
-        .json(&spec)
-        .send()
-        .expect("create");
-    assert_eq!(response.status(), 201);
-    let datanet = response.json().expect("datanet");
+    let datanet = serde_json::from_value(server.create_datanet(&spec)).expect("datanet");
     (
         Fixture {
             _dir: dir,
@@ -98,6 +88,15 @@ impl Fixture {
     }
 }
 
+fn parquet_bytes(batch: &RecordBatch) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), None).expect("writer");
+    writer.write(batch).expect("write");
+    writer.close().expect("close");
+    out
+}
+
 fn arrow_batch() -> RecordBatch {
     // Columns in another order and of other widths than the schema: matched by name, cast.
     let schema = Arc::new(Schema::new(vec![
@@ -124,12 +123,7 @@ fn parquet_and_arrow_uploads_are_read_by_name_and_bad_rows_named() {
     let (f, datanet) = fixture(json!({ "invalid_rows": "skip" }));
     let batch = arrow_batch();
 
-    let mut parquet = Vec::new();
-    let mut writer =
-        parquet::arrow::ArrowWriter::try_new(&mut parquet, batch.schema(), None).expect("writer");
-    writer.write(&batch).expect("write");
-    writer.close().expect("close");
-    let (status, body) = f.upload(&datanet, InputFormat::Parquet, parquet);
+    let (status, body) = f.upload(&datanet, InputFormat::Parquet, parquet_bytes(&batch));
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["accepted"], 2);
     assert_eq!(body["invalid"], 1);
@@ -173,12 +167,7 @@ fn parquet_and_arrow_uploads_are_read_by_name_and_bad_rows_named() {
         ],
     )
     .expect("batch");
-    let mut parquet = Vec::new();
-    let mut writer =
-        parquet::arrow::ArrowWriter::try_new(&mut parquet, extra.schema(), None).expect("writer");
-    writer.write(&extra).expect("write");
-    writer.close().expect("close");
-    let (status, body) = f.upload(&datanet, InputFormat::Parquet, parquet);
+    let (status, body) = f.upload(&datanet, InputFormat::Parquet, parquet_bytes(&extra));
     assert_eq!(status, 422, "{body}");
     assert!(body["detail"].as_str().expect("detail").contains("colour"));
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{example, Server};
+use common::{example_spec, Server};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -42,21 +42,11 @@ fn acknowledged_batches_survive_sigkill() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let key = Key::generate();
-    let mut spec: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("datanet.json")).expect("spec"))
-            .expect("json");
+    let mut spec = example_spec();
     spec["review"] = "auto".into();
     let datanet: Datanet = {
         let server = Server::start(&data);
-        let created = server
-            .http()
-            .post(format!("{}/v1/datanets", server.url))
-            .bearer_auth(server.admin_token())
-            .json(&spec)
-            .send()
-            .expect("create");
-        assert_eq!(created.status(), 201);
-        created.json().expect("datanet")
+        serde_json::from_value(server.create_datanet(&spec)).expect("datanet")
     };
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x7219_b07a);
@@ -137,16 +127,7 @@ fn acknowledged_batches_survive_sigkill() {
             tmp_left.is_empty(),
             "round {round}: temporary files survived a restart"
         );
-        let batches: Vec<Value> = server
-            .http()
-            .get(format!(
-                "{}/v1/datanets/kitchen-tips/contributions",
-                server.url
-            ))
-            .send()
-            .expect("list")
-            .json()
-            .expect("json");
+        let batches = server.list_batches("kitchen-tips");
         let stored: HashMap<u64, &Value> = batches
             .iter()
             .map(|b| (b["id"].as_u64().expect("id"), b))
@@ -202,19 +183,8 @@ fn acknowledged_batches_survive_sigkill() {
         .expect("publish")
         .json()
         .expect("version");
-    let datanet: Value = server
-        .http()
-        .get(format!(
-            "{}/v1/datanets/kitchen-tips/contributions",
-            server.url
-        ))
-        .send()
-        .expect("list")
-        .json()
-        .expect("json");
-    let total: u64 = datanet
-        .as_array()
-        .expect("list")
+    let batches = server.list_batches("kitchen-tips");
+    let total: u64 = batches
         .iter()
         .map(|b| b["accepted"].as_u64().unwrap_or(0))
         .sum();

@@ -59,6 +59,18 @@ const SPEC: &str = r#"{"id": "notes", "name": "Notes", "license": "CC0-1.0", "in
   "schema": {"fields": [{"name": "text", "type": "string", "required": true}], "text_field": "text"}}"#;
 const ROWS: &str = "{\"text\": \"short\"}\n{\"text\": \"buy spam now\"}\n{\"text\": \"a much longer note that goes on for a while about stock\"}\n";
 
+/// A fresh data directory with the "notes" Datanet, whose contributions pass `validator`.
+fn notes_with(validator: Arc<dyn Validator>) -> (tempfile::TempDir, Datanets) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let datanets = Datanets::open(dir.path())
+        .expect("open")
+        .with_validators(ValidatorChain::new(vec![validator]));
+    datanets
+        .create(serde_json::from_str(SPEC).expect("spec"), "carol")
+        .expect("create");
+    (dir, datanets)
+}
+
 fn contribute(datanets: &Datanets) -> Result<tributary::Batch, DatanetError> {
     let key = Key::generate();
     let datanet = datanets.get("notes")?;
@@ -77,13 +89,7 @@ fn contribute(datanets: &Datanets) -> Result<tributary::Batch, DatanetError> {
 
 #[test]
 fn validators_reject_rows_and_set_quality() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let datanets = Datanets::open(dir.path())
-        .expect("open")
-        .with_validators(ValidatorChain::new(vec![Arc::new(LengthScore)]));
-    datanets
-        .create(serde_json::from_str(SPEC).expect("spec"), "carol")
-        .expect("create");
+    let (_dir, datanets) = notes_with(Arc::new(LengthScore));
     let batch = contribute(&datanets).expect("contribute");
     assert_eq!((batch.accepted, batch.invalid), (2, 1));
     assert_eq!(batch.errors.errors[0].row, 2);
@@ -116,13 +122,7 @@ fn validators_reject_rows_and_set_quality() {
 
 #[test]
 fn a_failing_validator_stores_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let datanets = Datanets::open(dir.path())
-        .expect("open")
-        .with_validators(ValidatorChain::new(vec![Arc::new(Broken)]));
-    datanets
-        .create(serde_json::from_str(SPEC).expect("spec"), "carol")
-        .expect("create");
+    let (_dir, datanets) = notes_with(Arc::new(Broken));
     let err = contribute(&datanets).expect_err("a broken validator fails the batch");
     assert!(
         matches!(err, DatanetError::Validator(ref e) if e.validator == "broken"),

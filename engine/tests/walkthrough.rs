@@ -6,7 +6,7 @@ mod common;
 use std::fs::File;
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use common::{example, stderr, Server};
+use common::{example, example_spec, stderr, Server};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 use tributary::datanet::parse_hex32;
@@ -270,20 +270,11 @@ fn curator_contributor_and_reader_walkthrough() {
 fn private_datanets_are_hidden_without_a_token_for_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(&dir.path().join("data"));
-    let admin = server.admin_token();
-    let mut spec: Value =
-        serde_json::from_str(&std::fs::read_to_string(example("datanet.json")).expect("spec"))
-            .expect("json");
+    let mut spec = example_spec();
     spec["id"] = "secret".into();
     spec["visibility"] = "private".into();
+    server.create_datanet(&spec);
     let http = server.http();
-    let created = http
-        .post(format!("{}/v1/datanets", server.url))
-        .bearer_auth(&admin)
-        .json(&spec)
-        .send()
-        .expect("create");
-    assert_eq!(created.status(), 201);
 
     let anonymous = http
         .get(format!("{}/v1/datanets/secret", server.url))

@@ -221,7 +221,7 @@ pub fn authenticate(store: &Store, secret: &str) -> Result<Option<Grant>, StoreE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datanet::schema::{DatanetSchema, FieldSpec, FieldType};
+    use crate::datanet::schema::DatanetSchema;
     use crate::datanet::{DatanetSpec, InvalidRows, ReviewMode};
 
     fn grant(role: Role, subject: &str, datanets: &[&str]) -> Principal {
@@ -243,15 +243,7 @@ mod tests {
                 description: String::new(),
                 tags: vec![],
                 license: "MIT".into(),
-                schema: DatanetSchema {
-                    fields: vec![FieldSpec {
-                        name: "text".into(),
-                        field_type: FieldType::String,
-                        required: true,
-                        description: None,
-                    }],
-                    text_field: "text".into(),
-                },
+                schema: DatanetSchema::text_only(),
                 visibility,
                 review: ReviewMode::Manual,
                 invalid_rows: InvalidRows::Reject,

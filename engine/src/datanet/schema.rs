@@ -216,6 +216,22 @@ pub fn system_fields() -> Vec<Field> {
 }
 
 #[cfg(test)]
+impl DatanetSchema {
+    /// One required string field, `text`, that models train on: the schema unit tests share.
+    pub(crate) fn text_only() -> Self {
+        DatanetSchema {
+            fields: vec![FieldSpec {
+                name: "text".into(),
+                field_type: FieldType::String,
+                required: true,
+                description: None,
+            }],
+            text_field: "text".into(),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -108,6 +108,29 @@ impl Server {
         })
     }
 
+    /// Creates a Datanet with the admin token, failing the test unless it is created.
+    pub fn create_datanet(&self, spec: &serde_json::Value) -> serde_json::Value {
+        let response = self
+            .http()
+            .post(format!("{}/v1/datanets", self.url))
+            .bearer_auth(self.admin_token())
+            .json(spec)
+            .send()
+            .expect("create");
+        assert_eq!(response.status(), 201);
+        response.json().expect("datanet")
+    }
+
+    /// Every batch of a Datanet, through the API.
+    pub fn list_batches(&self, datanet: &str) -> Vec<serde_json::Value> {
+        self.http()
+            .get(format!("{}/v1/datanets/{datanet}/contributions", self.url))
+            .send()
+            .expect("list")
+            .json()
+            .expect("json")
+    }
+
     /// Makes a token with the admin token.
     pub fn token(&self, subject: &str, role: &str, extra: &[&str]) -> String {
         let mut args = vec!["tokens", "create", "--subject", subject, "--role", role];
@@ -121,6 +144,12 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The quickstart Datanet spec, to adjust per test.
+pub fn example_spec() -> serde_json::Value {
+    let text = std::fs::read_to_string(example("datanet.json")).expect("spec");
+    serde_json::from_str(&text).expect("json")
 }
 
 pub fn stderr(out: &Output) -> String {

@@ -332,19 +332,10 @@ impl ChunkReader for JsonlReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datanet::schema::{FieldSpec, FieldType};
 
     #[test]
     fn an_overlong_line_is_reported_and_the_next_line_still_read() {
-        let schema = DatanetSchema {
-            fields: vec![FieldSpec {
-                name: "text".into(),
-                field_type: FieldType::String,
-                required: true,
-                description: None,
-            }],
-            text_field: "text".into(),
-        };
+        let schema = DatanetSchema::text_only();
         let mut input = format!(
             "{{\"text\": \"{}\"}}\n",
             "x".repeat(MAX_LINE_BYTES as usize)
