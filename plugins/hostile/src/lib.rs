@@ -1,0 +1,82 @@
+//! A validator that attacks its host in the way `attack` names, for the adversarial tests.
+//! With `attack = "none"` (or a record that does not say `attack`) it accepts everything,
+//! so the same instance pool also serves good calls between bad ones.
+
+use serde::Deserialize;
+use tributary_sdk::validator::{Batch, Record, Validator, Verdict};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub attack: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            attack: "none".into(),
+        }
+    }
+}
+
+pub struct Hostile;
+
+fn attack(name: &str) -> Result<Vec<Verdict>, String> {
+    match name {
+        "loop" => {
+            let mut x: u64 = 1;
+            loop {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        }
+        "memory" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        "output" => Ok(vec![Verdict::reject("x".repeat(16 << 20))]),
+        "panic" => panic!("the hostile plugin panics on purpose"),
+        "file" => match std::fs::read_to_string("/etc/passwd") {
+            Ok(text) => Err(format!(
+                "read a file the host should hide: {} bytes",
+                text.len()
+            )),
+            Err(e) => Err(format!("file: {e}")),
+        },
+        "socket" => match std::net::TcpStream::connect("127.0.0.1:1") {
+            Ok(_) => Err("opened a socket the host should refuse".into()),
+            Err(e) => Err(format!("socket: {e}")),
+        },
+        "env" => {
+            let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+            Err(format!("env: {} variables {vars:?}", vars.len()))
+        }
+        "kv-flood" => {
+            let big = vec![7u8; 1 << 20];
+            for i in 0u32.. {
+                tributary_sdk::kv::set(&i.to_le_bytes(), &big)?;
+            }
+            Err("unreachable".into())
+        }
+        _ => Err(format!("unknown attack {name}")),
+    }
+}
+
+impl Validator for Hostile {
+    type Config = Config;
+
+    fn check(_: &Config, _: &Record) -> Verdict {
+        Verdict::accept(1.0)
+    }
+
+    fn validate(config: &Config, batch: &Batch) -> Result<Vec<Verdict>, String> {
+        if config.attack == "none" {
+            return Ok(batch.records().map(|_| Verdict::accept(1.0)).collect());
+        }
+        attack(&config.attack)
+    }
+}
+
+tributary_sdk::export_validator!(Hostile);

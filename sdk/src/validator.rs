@@ -1,0 +1,302 @@
+//! Validators: judge each record of a contribution, and optionally rewrite it.
+//!
+//! A batch crosses the boundary as packed columns; [`Batch`] and [`Record`] read it in place,
+//! so looking at a field costs no copy. Implement [`Validator::check`] for a verdict per
+//! record, or [`Validator::validate`] to see the whole batch at once (near-duplicate
+//! detection across a batch, say).
+
+use crate::bindings::types::{
+    Column, ColumnValues, DatanetInfo, Field, FieldValue, RecordBatch, StringColumn,
+};
+use crate::bindings::validator::exports::tributary::plugins::validation as wit;
+
+/// A field's value, borrowed from the batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value<'a> {
+    Null,
+    String(&'a str),
+    Int64(i64),
+    Float64(f64),
+    Bool(bool),
+    /// Microseconds since the Unix epoch, UTC.
+    Timestamp(i64),
+    StringList(Vec<&'a str>),
+}
+
+/// A value to write into a field of an accepted record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NewValue {
+    Null,
+    String(String),
+    Int64(i64),
+    Float64(f64),
+    Bool(bool),
+    Timestamp(i64),
+    StringList(Vec<String>),
+}
+
+/// What a validator says about one record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Accept {
+        /// In 0..=1; the engine keeps the lowest score any validator of the chain gave.
+        quality: f64,
+        /// Fields to replace, by name.
+        rewrites: Vec<(String, NewValue)>,
+    },
+    Reject {
+        reason: String,
+    },
+}
+
+impl Verdict {
+    pub fn accept(quality: f64) -> Self {
+        Verdict::Accept {
+            quality,
+            rewrites: Vec::new(),
+        }
+    }
+
+    pub fn reject(reason: impl Into<String>) -> Self {
+        Verdict::Reject {
+            reason: reason.into(),
+        }
+    }
+
+    /// Replaces `field` of an accepted record with `value`; a rejection stays one.
+    pub fn rewrite(mut self, field: &str, value: NewValue) -> Self {
+        if let Verdict::Accept { rewrites, .. } = &mut self {
+            rewrites.push((field.to_string(), value));
+        }
+        self
+    }
+}
+
+/// A batch of records with the Datanet's schema.
+pub struct Batch<'a> {
+    datanet: &'a DatanetInfo,
+    batch: &'a RecordBatch,
+}
+
+impl<'a> Batch<'a> {
+    pub fn len(&self) -> usize {
+        self.batch.rows as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batch.rows == 0
+    }
+
+    pub fn datanet_id(&self) -> &'a str {
+        &self.datanet.id
+    }
+
+    pub fn fields(&self) -> &'a [Field] {
+        &self.datanet.fields
+    }
+
+    /// The position of the field called `name`.
+    pub fn field_index(&self, name: &str) -> Option<usize> {
+        self.datanet.fields.iter().position(|f| f.name == name)
+    }
+
+    pub fn record(&self, row: usize) -> Record<'a> {
+        Record {
+            datanet: self.datanet,
+            batch: self.batch,
+            row,
+        }
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = Record<'a>> + '_ {
+        (0..self.len()).map(|row| self.record(row))
+    }
+}
+
+/// One record of a batch, read in place.
+#[derive(Clone, Copy)]
+pub struct Record<'a> {
+    datanet: &'a DatanetInfo,
+    batch: &'a RecordBatch,
+    row: usize,
+}
+
+fn string_at(column: &StringColumn, row: usize) -> &str {
+    let (start, end) = (
+        column.offsets[row] as usize,
+        column.offsets[row + 1] as usize,
+    );
+    // The host sends valid UTF-8 from Arrow string arrays; a broken buffer reads as empty.
+    std::str::from_utf8(&column.data[start..end]).unwrap_or_default()
+}
+
+fn present(column: &Column, row: usize) -> bool {
+    column.present.is_empty() || column.present[row]
+}
+
+impl<'a> Record<'a> {
+    /// The record's position in the batch.
+    pub fn row(&self) -> usize {
+        self.row
+    }
+
+    /// The text models train on.
+    pub fn text(&self) -> &'a str {
+        match self.get_index(self.datanet.text_field as usize) {
+            Value::String(s) => s,
+            _ => "",
+        }
+    }
+
+    /// The name of the text field.
+    pub fn text_field_name(&self) -> &'a str {
+        self.datanet
+            .fields
+            .get(self.datanet.text_field as usize)
+            .map_or("", |f| f.name.as_str())
+    }
+
+    /// The value of field `name`; `Null` for a field the schema lacks.
+    pub fn get(&self, name: &str) -> Value<'a> {
+        match self.datanet.fields.iter().position(|f| f.name == name) {
+            Some(i) => self.get_index(i),
+            None => Value::Null,
+        }
+    }
+
+    /// A string field's value, if it has one.
+    pub fn str(&self, name: &str) -> Option<&'a str> {
+        match self.get(name) {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The value of the field at `index` in the schema.
+    pub fn get_index(&self, index: usize) -> Value<'a> {
+        let Some(column) = self.batch.columns.get(index) else {
+            return Value::Null;
+        };
+        let row = self.row;
+        if !present(column, row) {
+            return Value::Null;
+        }
+        match &column.values {
+            ColumnValues::String(c) => Value::String(string_at(c, row)),
+            ColumnValues::Int64(v) => Value::Int64(v[row]),
+            ColumnValues::Float64(v) => Value::Float64(v[row]),
+            ColumnValues::Boolean(v) => Value::Bool(v[row]),
+            ColumnValues::Timestamp(v) => Value::Timestamp(v[row]),
+            ColumnValues::StringList(c) => {
+                let (start, end) = (c.lists[row] as usize, c.lists[row + 1] as usize);
+                Value::StringList((start..end).map(|i| string_at(&c.items, i)).collect())
+            }
+        }
+    }
+}
+
+/// A validator. `Config` is what the Datanet attaches it with, parsed from JSON.
+pub trait Validator {
+    type Config: serde::de::DeserializeOwned + 'static;
+
+    /// The verdict on one record.
+    fn check(config: &Self::Config, record: &Record) -> Verdict;
+
+    /// Verdicts for a whole batch, one per record in order. The default calls
+    /// [`Validator::check`] on each.
+    fn validate(config: &Self::Config, batch: &Batch) -> Result<Vec<Verdict>, String> {
+        Ok(batch.records().map(|r| Self::check(config, &r)).collect())
+    }
+}
+
+fn new_value(value: NewValue) -> FieldValue {
+    match value {
+        NewValue::Null => FieldValue::Null,
+        NewValue::String(s) => FieldValue::String(s),
+        NewValue::Int64(v) => FieldValue::Int64(v),
+        NewValue::Float64(v) => FieldValue::Float64(v),
+        NewValue::Bool(v) => FieldValue::Boolean(v),
+        NewValue::Timestamp(v) => FieldValue::Timestamp(v),
+        NewValue::StringList(v) => FieldValue::StringList(v),
+    }
+}
+
+/// Runs `V` over a batch and packs its verdicts (called by [`crate::export_validator`]).
+#[doc(hidden)]
+pub fn run<V: Validator>(
+    datanet: DatanetInfo,
+    config: String,
+    batch: RecordBatch,
+) -> Result<wit::Verdicts, String> {
+    let parsed = crate::cached::parse_config::<V::Config>(&config)?;
+    let view = Batch {
+        datanet: &datanet,
+        batch: &batch,
+    };
+    let verdicts = V::validate(&parsed, &view)?;
+    if verdicts.len() != view.len() {
+        return Err(format!(
+            "the validator gave {} verdicts for {} records",
+            verdicts.len(),
+            view.len()
+        ));
+    }
+    let mut out = wit::Verdicts {
+        quality: Vec::with_capacity(verdicts.len()),
+        rejections: Vec::new(),
+        rewrites: Vec::new(),
+    };
+    for (row, verdict) in verdicts.into_iter().enumerate() {
+        match verdict {
+            Verdict::Accept { quality, rewrites } => {
+                out.quality.push(quality);
+                for (field, value) in rewrites {
+                    let index = view
+                        .field_index(&field)
+                        .ok_or_else(|| format!("rewrite of unknown field {field}"))?;
+                    out.rewrites.push(wit::Rewrite {
+                        row: row as u32,
+                        field: index as u32,
+                        value: new_value(value),
+                    });
+                }
+            }
+            Verdict::Reject { reason } => {
+                out.quality.push(0.0);
+                out.rejections.push(wit::Rejection {
+                    row: row as u32,
+                    reason,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Exports `$ty`, which implements [`Validator`], as the component's validator.
+#[macro_export]
+macro_rules! export_validator {
+    ($ty:ty) => {
+        // Only components export the world; on the host the plugin is a library for its tests.
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            use $crate::__private::validator::exports::tributary::plugins::validation as __wit;
+            use $crate::__private::types as __types;
+
+            struct __Export;
+
+            impl __wit::Guest for __Export {
+                fn validate(
+                    datanet: __types::DatanetInfo,
+                    config: ::std::string::String,
+                    batch: __types::RecordBatch,
+                ) -> ::std::result::Result<__wit::Verdicts, ::std::string::String> {
+                    $crate::validator::run::<$ty>(datanet, config, batch)
+                }
+            }
+
+            $crate::__private::validator::export_world!(__Export with_types_in $crate::__private::validator);
+            $crate::__stamp_api_version!();
+        };
+    };
+}
