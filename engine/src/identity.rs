@@ -225,11 +225,15 @@ impl Key {
 
     /// Signs `message` as an EIP-191 personal message.
     pub fn sign_personal(&self, message: &[u8]) -> Signature {
-        let digest = personal_message_digest(message);
+        self.sign_digest(&personal_message_digest(message))
+    }
+
+    /// Signs a 32-byte digest as it is (`r || s || v`, v 27 or 28).
+    pub fn sign_digest(&self, digest: &Hash) -> Signature {
         // Signing a 32-byte prehash with a valid key cannot fail.
         let (sig, recid) = self
             .signing
-            .sign_prehash_recoverable(&digest)
+            .sign_prehash_recoverable(digest)
             .expect("signing a 32-byte digest");
         let mut out = [0u8; 65];
         out[..64].copy_from_slice(&sig.to_bytes());

@@ -58,6 +58,7 @@ pub mod cli;
 pub mod datanet;
 pub mod identity;
 pub mod merkle;
+pub mod plugin;
 pub mod store;
 
 pub use datanet::contribute::Contribution;

@@ -8,7 +8,10 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::Float64Type;
 use tributary::datanet::contribute::Contribution;
 use tributary::datanet::ingest::{Input, InputFormat};
-use tributary::datanet::validate::{Validator, ValidatorChain, ValidatorError, Verdict};
+use tributary::datanet::validate::{
+    Validation, Validator, ValidatorChain, ValidatorError, Verdict,
+};
+use tributary::plugin::state::StateChanges;
 use tributary::{Datanet, DatanetError, Datanets, Key};
 
 /// Rejects texts that mention "spam"; scores the rest by length (longer is better, up to 1).
@@ -21,13 +24,15 @@ impl Validator for LengthScore {
     fn validate(
         &self,
         datanet: &Datanet,
+        _config: &str,
         batch: &RecordBatch,
-    ) -> Result<Vec<Verdict>, ValidatorError> {
+        _state: &mut StateChanges,
+    ) -> Result<Validation, ValidatorError> {
         let text = batch
             .column_by_name(&datanet.spec.schema.text_field)
             .expect("text")
             .as_string::<i32>();
-        Ok((0..text.len())
+        let verdicts = (0..text.len())
             .map(|i| {
                 let t = text.value(i);
                 if t.contains("spam") {
@@ -40,7 +45,11 @@ impl Validator for LengthScore {
                     }
                 }
             })
-            .collect())
+            .collect();
+        Ok(Validation {
+            verdicts,
+            rewrites: Vec::new(),
+        })
     }
 }
 
@@ -50,8 +59,14 @@ impl Validator for Broken {
     fn name(&self) -> &str {
         "broken"
     }
-    fn validate(&self, _: &Datanet, _: &RecordBatch) -> Result<Vec<Verdict>, ValidatorError> {
-        Ok(vec![])
+    fn validate(
+        &self,
+        _: &Datanet,
+        _: &str,
+        _: &RecordBatch,
+        _: &mut StateChanges,
+    ) -> Result<Validation, ValidatorError> {
+        Ok(Validation::default())
     }
 }
 

@@ -60,7 +60,7 @@ pub fn split_proportionally(total: u128, weights: &[f64]) -> Vec<u128> {
         return vec![0; weights.len()];
     }
     // Work in fixed point so the split does not depend on float rounding of `total`.
-    const SCALE: u128 = 1 << 40;
+    const SCALE: u128 = 1 << 52;
     let fixed: Vec<u128> = weights
         .iter()
         .map(|w| {

@@ -247,6 +247,8 @@ mod tests {
                 visibility,
                 review: ReviewMode::Manual,
                 invalid_rows: InvalidRows::Reject,
+                validators: vec![],
+                on_validator_failure: Default::default(),
             },
             curators: vec!["carol".into()],
             created_at: Utc::now(),

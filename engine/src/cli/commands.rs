@@ -21,7 +21,8 @@ use crate::datanet::ingest::{Input, InputFormat};
 use crate::datanet::service::Datanets;
 use crate::datanet::{
     hex32, withdrawal_message, Batch, Datanet, DatanetSpec, DatanetUpdate, InclusionProof,
-    InvalidRows, RecordInfo, ReviewMode, Version, Visibility, WithdrawalReceipt, WithdrawalRequest,
+    InvalidRows, OnValidatorFailure, RecordInfo, ReviewMode, ValidatorAttachment, Version,
+    Visibility, WithdrawalReceipt, WithdrawalRequest,
 };
 use crate::identity::{Address, Key};
 use crate::merkle;
@@ -157,8 +158,24 @@ fn datanets(client: &Client, cmd: DatanetsCommand) -> Result<()> {
             review,
             invalid_rows,
             visibility,
+            validators,
+            on_validator_failure,
         } => {
+            let validators = validators
+                .map(|json| {
+                    serde_json::from_str::<Vec<ValidatorAttachment>>(&json)
+                        .map_err(|e| anyhow::anyhow!("--validators: {e}"))
+                })
+                .transpose()?;
             let update = DatanetUpdate {
+                validators,
+                on_validator_failure: on_validator_failure.map(|f| {
+                    if f == "hold" {
+                        OnValidatorFailure::Hold
+                    } else {
+                        OnValidatorFailure::Reject
+                    }
+                }),
                 name,
                 description,
                 tags: None,

@@ -137,6 +137,12 @@ pub enum DatanetsCommand {
         invalid_rows: Option<String>,
         #[arg(long, value_parser = ["public", "private"])]
         visibility: Option<String>,
+        /// The validator chain, as a JSON array of {"plugin": ID, "config": {...}}; `[]`
+        /// detaches every validator.
+        #[arg(long)]
+        validators: Option<String>,
+        #[arg(long, value_parser = ["reject", "hold"])]
+        on_validator_failure: Option<String>,
     },
 }
 

@@ -31,11 +31,14 @@ use super::service::{
     batch_key, datanet_key, invalid, record_id_hex, record_key, segment_relpath, DatanetError,
     Datanets,
 };
+use super::validate::ValidatorChain;
 use super::{
-    hex32, Batch, BatchStatus, Datanet, Duplicate, InvalidRows, RecordLocation, ReviewMode,
+    hex32, Batch, BatchStatus, Datanet, Duplicate, InvalidRows, OnValidatorFailure, RecordLocation,
+    ReviewMode,
 };
 use crate::identity::{recover_personal, Address, Signature};
 use crate::merkle::{self, Hash, MerkleTree};
+use crate::plugin::state::StateChanges;
 use crate::store::{CF_BATCHES, CF_CATALOG, CF_META, CF_RECORDS};
 
 /// How many duplicates a batch lists; the total is always counted.
@@ -183,6 +186,7 @@ impl Datanets {
         let batch_id = datanet.batches + 1;
         let submitted_at = Utc::now();
 
+        let chain = self.chain_for(&datanet)?;
         let reader = ingest::open(contribution.format, input, &schema)?;
         let tmp_path = self
             .dirs
@@ -201,6 +205,8 @@ impl Datanets {
             duplicates: 0,
             duplicate_examples: Vec::new(),
             rejected: ErrorReport::default(),
+            state: StateChanges::default(),
+            held: None,
         };
         let reject_bad_rows = datanet.spec.invalid_rows == InvalidRows::Reject;
         let started = std::time::Instant::now();
@@ -211,7 +217,7 @@ impl Datanets {
                 // The batch will be refused; read on only to report every problem.
                 return Ok(());
             }
-            self.store_chunk(id, &datanet, hashed, &mut dedup, &mut writer)
+            self.store_chunk(id, &datanet, &chain, hashed, &mut dedup, &mut writer)
         });
 
         let read_done = started.elapsed();
@@ -270,11 +276,15 @@ impl Datanets {
             let _ = fs::remove_file(&tmp_path);
             None
         };
-        let status = match datanet.spec.review {
-            ReviewMode::Auto => BatchStatus::Approved,
-            ReviewMode::Manual => BatchStatus::Pending,
+        let status = match (datanet.spec.review, &dedup.held) {
+            (_, Some(_)) | (ReviewMode::Manual, None) => BatchStatus::Pending,
+            (ReviewMode::Auto, None) => BatchStatus::Approved,
         };
         let approved = status == BatchStatus::Approved;
+        let review_reason = match &dedup.held {
+            Some(failure) => Some(format!("held for review: {failure}")),
+            None => approved.then(|| "auto-approved".to_string()),
+        };
         let batch = Batch {
             datanet: id.to_string(),
             id: batch_id,
@@ -292,7 +302,7 @@ impl Datanets {
             errors,
             segment,
             reviewed_at: approved.then_some(submitted_at),
-            review_reason: approved.then(|| "auto-approved".to_string()),
+            review_reason,
         };
         datanet.batches = batch_id;
         // Sorted keys load into RocksDB several times faster than random ones.
@@ -315,6 +325,8 @@ impl Datanets {
             }
         }
         write.put_json(CF_BATCHES, batch_key(id, batch_id), &batch)?;
+        // Validator state lands with the batch it judged, or not at all.
+        dedup.state.write_to(&mut write);
         write.put_json(CF_CATALOG, datanet_key(id), &datanet)?;
         let persisted = started.elapsed();
         write.commit()?;
@@ -404,20 +416,33 @@ impl Datanets {
         &self,
         id: &str,
         datanet: &Datanet,
+        chain: &ValidatorChain,
         hashed: HashedChunk,
         dedup: &mut Dedup,
         writer: &mut SegmentWriter,
     ) -> Result<(), DatanetError> {
-        let HashedChunk { chunk, ids, .. } = hashed;
+        let HashedChunk {
+            mut chunk, mut ids, ..
+        } = hashed;
         let first_row = writer.rows();
-        let judgement = if self.validators.is_empty() {
+        let judgement = if chain.is_empty() || dedup.held.is_some() {
             None
         } else {
-            Some(
-                self.validators
-                    .judge(datanet, &chunk, &mut dedup.rejected)?,
-            )
+            match chain.judge(datanet, &chunk, &mut dedup.state, &mut dedup.rejected) {
+                Ok(j) => Some(j),
+                Err(e) if datanet.spec.on_validator_failure == OnValidatorFailure::Hold => {
+                    tracing::warn!(datanet = id, error = %e, "validator failed; holding the batch for review");
+                    dedup.held = Some(e.to_string());
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            }
         };
+        if let Some(rewritten) = judgement.as_ref().and_then(|j| j.rewritten.clone()) {
+            // What is stored is what the validators left; its ids are of that.
+            ids = record_ids(&datanet.spec.schema, &rewritten);
+            chunk.batch = rewritten;
+        }
         let keys: Vec<Vec<u8>> = ids.iter().map(|r| record_key(id, r)).collect();
         let existing = self.store.multi_get(CF_RECORDS, &keys)?;
         let mut keep = Vec::with_capacity(ids.len());
@@ -482,6 +507,10 @@ struct Dedup {
     duplicate_examples: Vec<Duplicate>,
     /// Rows the validators refused.
     rejected: ErrorReport,
+    /// Validator key-value writes, committed with the batch.
+    state: StateChanges,
+    /// Why validation stopped, when a validator failed and the Datanet holds such batches.
+    held: Option<String>,
 }
 
 impl Dedup {

@@ -51,6 +51,35 @@ pub enum InvalidRows {
     Skip,
 }
 
+/// What happens to a batch when a validator fails as a whole (traps, times out, breaks a
+/// limit), rather than judging rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnValidatorFailure {
+    /// The batch is refused and nothing of it is stored.
+    #[default]
+    Reject,
+    /// The batch is stored for the curator to review, whatever the review mode, with the
+    /// failure as its review reason; rows after the failure are not validated.
+    Hold,
+}
+
+/// A validator plugin attached to a Datanet, with the config it runs with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ValidatorAttachment {
+    /// The installed plugin's id.
+    pub plugin: String,
+    /// Checked against the plugin's config schema when attached.
+    #[serde(default = "empty_config")]
+    #[schema(value_type = Object)]
+    pub config: serde_json::Value,
+}
+
+fn empty_config() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
 /// What a curator sends to create a Datanet.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -71,6 +100,11 @@ pub struct DatanetSpec {
     pub review: ReviewMode,
     #[serde(default)]
     pub invalid_rows: InvalidRows,
+    /// Validator plugins every contribution passes, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub validators: Vec<ValidatorAttachment>,
+    #[serde(default)]
+    pub on_validator_failure: OnValidatorFailure,
 }
 
 /// Changes a curator can make after creation; the schema and licence stay fixed.
@@ -83,6 +117,8 @@ pub struct DatanetUpdate {
     pub visibility: Option<Visibility>,
     pub review: Option<ReviewMode>,
     pub invalid_rows: Option<InvalidRows>,
+    pub validators: Option<Vec<ValidatorAttachment>>,
+    pub on_validator_failure: Option<OnValidatorFailure>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -15,10 +15,10 @@ use super::ingest::{ErrorReport, IngestError};
 use super::record::RecordId;
 use super::schema::{SchemaError, COL_RECORD_ID};
 use super::segment::{self, SegmentError};
-use super::validate::{ValidatorChain, ValidatorError};
+use super::validate::{ValidatorChain, ValidatorError, ValidatorResolver};
 use super::{
     parse_hex32, withdrawal_message, Batch, BatchStatus, Datanet, DatanetSpec, DatanetUpdate,
-    RecordInfo, RecordLocation, WithdrawalReceipt, WithdrawalRequest,
+    RecordInfo, RecordLocation, ValidatorAttachment, WithdrawalReceipt, WithdrawalRequest,
 };
 use crate::identity::{recover_personal, Address, IdentityError, Signature};
 use crate::merkle::{self};
@@ -118,6 +118,8 @@ pub struct Datanets {
     /// time, which keeps deduplication exact.
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     pub(crate) validators: ValidatorChain,
+    /// Where the validator plugins that Datanets attach are found.
+    pub(crate) resolver: Option<Arc<dyn ValidatorResolver>>,
     pub(crate) bulk_index_min: usize,
 }
 
@@ -215,6 +217,7 @@ impl Datanets {
             dirs,
             locks: Mutex::new(HashMap::new()),
             validators: ValidatorChain::default(),
+            resolver: None,
             bulk_index_min: super::contribute::BULK_INDEX_MIN,
         };
         let removed = this.collect_orphans()?;
@@ -235,6 +238,42 @@ impl Datanets {
     pub fn with_validators(mut self, validators: ValidatorChain) -> Self {
         self.validators = validators;
         self
+    }
+
+    /// Sets where the validator plugins Datanets attach are found.
+    pub fn with_plugins(mut self, resolver: Arc<dyn ValidatorResolver>) -> Self {
+        self.resolver = Some(resolver);
+        self
+    }
+
+    /// Checks that every attachment names an installed validator and suits its config schema.
+    fn check_validators(&self, attachments: &[ValidatorAttachment]) -> Result<(), DatanetError> {
+        for (i, a) in attachments.iter().enumerate() {
+            let field = format!("validators[{i}]");
+            match &self.resolver {
+                None => return Err(invalid(&field, "this server has no plugin registry")),
+                Some(r) => r
+                    .check(&a.plugin, &a.config)
+                    .map_err(|m| invalid(&field, m))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The chain a contribution to `datanet` passes: the server's own validators, then the
+    /// Datanet's attachments in order.
+    pub(crate) fn chain_for(&self, datanet: &Datanet) -> Result<ValidatorChain, DatanetError> {
+        let mut chain = self.validators.clone();
+        for a in &datanet.spec.validators {
+            let resolver = self.resolver.as_ref().ok_or_else(|| {
+                DatanetError::Validator(ValidatorError {
+                    validator: a.plugin.clone(),
+                    message: "this server has no plugin registry".into(),
+                })
+            })?;
+            chain.push(resolver.resolve(&a.plugin)?, a.config.to_string());
+        }
+        Ok(chain)
     }
 
     /// Batches with at least this many new records have their index bulk-loaded.
@@ -300,6 +339,7 @@ impl Datanets {
 
     pub fn create(&self, spec: DatanetSpec, curator: &str) -> Result<Datanet, DatanetError> {
         validate_spec(&spec)?;
+        self.check_validators(&spec.validators)?;
         let lock = self.lock(&spec.id);
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
         if self.find(&spec.id)?.is_some() {
@@ -358,6 +398,13 @@ impl Datanets {
         }
         if let Some(i) = update.invalid_rows {
             datanet.spec.invalid_rows = i;
+        }
+        if let Some(validators) = update.validators {
+            self.check_validators(&validators)?;
+            datanet.spec.validators = validators;
+        }
+        if let Some(f) = update.on_validator_failure {
+            datanet.spec.on_validator_failure = f;
         }
         let mut batch = self.store.batch();
         batch.put_json(CF_CATALOG, datanet_key(id), &datanet)?;

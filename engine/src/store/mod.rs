@@ -26,13 +26,19 @@ pub const CF_RECORDS: &str = "records";
 pub const CF_WITHDRAWALS: &str = "withdrawals";
 pub const CF_TOKENS: &str = "tokens";
 pub const CF_META: &str = "meta";
-const ALL_CFS: [&str; 6] = [
+/// Key-value state of plugins, keyed by plugin id, a zero byte and the plugin's key.
+pub const CF_PLUGIN_STATE: &str = "plugin-state";
+/// Installed plugins: id to the installed manifest and component hash.
+pub const CF_PLUGINS: &str = "plugins";
+const ALL_CFS: [&str; 8] = [
     CF_CATALOG,
     CF_BATCHES,
     CF_RECORDS,
     CF_WITHDRAWALS,
     CF_TOKENS,
     CF_META,
+    CF_PLUGIN_STATE,
+    CF_PLUGINS,
 ];
 
 /// Bits per key of the record index's Bloom filter: dedup lookups are mostly misses, and at

@@ -90,7 +90,7 @@ fn luhn(digits: &[u8]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// A run of digits with at most two separators (space, dash, dot, brackets) between any two

@@ -1,0 +1,44 @@
+//! Host bindings generated from `wit/0.1.0`. The validator world's bindings hold the shared
+//! types and host capabilities; the other worlds reuse them.
+
+pub mod validator {
+    wasmtime::component::bindgen!({
+        path: "../wit/0.1.0",
+        world: "tributary:plugins/validator",
+        imports: { default: trappable },
+    });
+}
+
+pub mod reward_policy {
+    wasmtime::component::bindgen!({
+        path: "../wit/0.1.0",
+        world: "tributary:plugins/reward-policy",
+        imports: { default: trappable },
+        with: {
+            "tributary:plugins/types": super::validator::tributary::plugins::types,
+            "tributary:plugins/log": super::validator::tributary::plugins::log,
+            "tributary:plugins/config": super::validator::tributary::plugins::config,
+            "tributary:plugins/kv": super::validator::tributary::plugins::kv,
+            "tributary:plugins/signer": super::validator::tributary::plugins::signer,
+            "tributary:plugins/http": super::validator::tributary::plugins::http,
+        },
+    });
+}
+
+pub mod ledger_adapter {
+    wasmtime::component::bindgen!({
+        path: "../wit/0.1.0",
+        world: "tributary:plugins/ledger-adapter",
+        imports: { default: trappable },
+        with: {
+            "tributary:plugins/types": super::validator::tributary::plugins::types,
+            "tributary:plugins/log": super::validator::tributary::plugins::log,
+            "tributary:plugins/config": super::validator::tributary::plugins::config,
+            "tributary:plugins/kv": super::validator::tributary::plugins::kv,
+            "tributary:plugins/signer": super::validator::tributary::plugins::signer,
+            "tributary:plugins/http": super::validator::tributary::plugins::http,
+        },
+    });
+}
+
+pub use validator::tributary::plugins::{config, http, kv, log, signer, types};

@@ -1,0 +1,544 @@
+//! The plugin platform against real components built from `plugins/`: validators in the
+//! ingest path (rejections, quality, rewrites, state), reward policies and ledger adapters,
+//! and hostile plugins that must fail their call and nothing else.
+
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::Float64Type;
+use tributary::datanet::contribute::Contribution;
+use tributary::datanet::ingest::{Input, InputFormat};
+use tributary::plugin::ledger::{self, Settlement};
+use tributary::plugin::reward::{self, Distribution, Entry, Penalty};
+use tributary::plugin::state::StateChanges;
+use tributary::plugin::validator::WasmValidator;
+use tributary::plugin::{PluginError, PluginKind, Plugins};
+use tributary::{Batch, Datanet, DatanetError, Datanets, Key};
+use tributary_plugin_artifacts as artifacts;
+
+fn install(
+    plugins: &Plugins,
+    plugin: &artifacts::Plugin,
+) -> tributary::plugin::registry::PluginInfo {
+    let manifest =
+        std::fs::read_to_string(Path::new(plugin.dir).join("plugin.toml")).expect("manifest");
+    let wasm = std::fs::read(plugin.component).expect("component");
+    plugins.install(&manifest, &wasm).expect("install")
+}
+
+/// A data directory with the operator's grants, its Datanets and its plugins.
+struct Setup {
+    _dir: tempfile::TempDir,
+    datanets: Datanets,
+    plugins: Arc<Plugins>,
+}
+
+fn setup(grants: &str) -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("plugins.toml"), grants).expect("grants");
+    let datanets = Datanets::open(dir.path()).expect("open");
+    let plugins = Arc::new(Plugins::open(dir.path(), datanets.store().clone()).expect("plugins"));
+    let datanets = datanets.with_plugins(plugins.clone());
+    Setup {
+        _dir: dir,
+        datanets,
+        plugins,
+    }
+}
+
+fn create(datanets: &Datanets, validators: serde_json::Value) -> Datanet {
+    let spec = serde_json::json!({
+        "id": "notes", "name": "Notes", "license": "CC0-1.0", "review": "auto", "invalid_rows": "skip",
+        "schema": {"text_field": "text", "fields": [
+            {"name": "text", "type": "string", "required": true},
+            {"name": "tags", "type": "list<string>"}
+        ]},
+        "validators": validators,
+    });
+    datanets
+        .create(serde_json::from_value(spec).expect("spec"), "carol")
+        .expect("create")
+}
+
+fn contribute(datanets: &Datanets, rows: &str) -> Result<Batch, DatanetError> {
+    let key = Key::generate();
+    let datanet = datanets.get("notes")?;
+    let input = || Input::Stream(Box::new(Cursor::new(rows.as_bytes().to_vec())));
+    let root = Datanets::commitment(&datanet, InputFormat::Jsonl, input())?.root;
+    datanets.contribute(
+        "notes",
+        Contribution {
+            format: InputFormat::Jsonl,
+            contributor: key.address(),
+            signature: key.sign_personal(&root),
+        },
+        input(),
+    )
+}
+
+fn exported(datanets: &Datanets) -> Vec<RecordBatch> {
+    let version = datanets.publish("notes").expect("publish");
+    let path = datanets.export("notes", version.version).expect("export");
+    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(path).expect("file"),
+    )
+    .expect("parquet")
+    .build()
+    .expect("reader")
+    .map(|b| b.expect("batch"))
+    .collect()
+}
+
+fn strings(batches: &[RecordBatch], column: &str) -> Vec<String> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let c = b
+                .column_by_name(column)
+                .expect("column")
+                .as_string::<i32>()
+                .clone();
+            (0..c.len())
+                .map(move |i| c.value(i).to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn a_chain_of_validators_rejects_scores_and_redacts() {
+    let s = setup("");
+    install(&s.plugins, &artifacts::TEXT_QUALITY);
+    install(&s.plugins, &artifacts::PII_REDACT);
+    create(
+        &s.datanets,
+        serde_json::json!([
+            {"plugin": "text-quality", "config": {"min_chars": 20}},
+            {"plugin": "pii-redact"}
+        ]),
+    );
+    let rows = concat!(
+        "{\"text\": \"too short\"}\n",
+        "{\"text\": \"Write to ada@example.org about the river delta survey results.\"}\n",
+        "{\"text\": \"The delta grows each spring as silt settles near the estuary.\", \"tags\": [\"geo\"]}\n",
+    );
+    let batch = contribute(&s.datanets, rows).expect("contribute");
+    assert_eq!((batch.rows, batch.accepted, batch.invalid), (3, 2, 1));
+    assert_eq!(batch.errors.errors[0].row, 1);
+    assert_eq!(
+        batch.errors.errors[0].message,
+        "text-quality: 9 characters, fewer than 20"
+    );
+
+    let out = exported(&s.datanets);
+    let texts = strings(&out, "text");
+    assert!(
+        texts.contains(&"Write to [EMAIL] about the river delta survey results.".to_string()),
+        "{texts:?}"
+    );
+    assert!(texts.iter().all(|t| !t.contains('@')));
+    // The stored record's id is the id of what is stored, the redacted text.
+    let datanet = s.datanets.get("notes").expect("get");
+    let ids = strings(&out, "_record_id");
+    let recomputed = tributary::datanet::record::record_ids(
+        &datanet.spec.schema,
+        &out[0].project(&[0, 1]).expect("project"),
+    );
+    assert_eq!(ids, recomputed.iter().map(hex::encode).collect::<Vec<_>>());
+    let quality: Vec<f64> = out
+        .iter()
+        .flat_map(|b| {
+            b.column_by_name("_quality")
+                .expect("q")
+                .as_primitive::<Float64Type>()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    assert!(
+        quality.iter().all(|q| (0.5..=1.0).contains(q)),
+        "{quality:?}"
+    );
+}
+
+#[test]
+fn attachments_are_checked_against_the_registry_and_config_schema() {
+    let s = setup("");
+    install(&s.plugins, &artifacts::TEXT_QUALITY);
+    install(&s.plugins, &artifacts::PROPORTIONAL);
+    let attempt = |validators: serde_json::Value| {
+        let spec = serde_json::json!({
+            "id": "x", "name": "X", "license": "CC0-1.0",
+            "schema": {"text_field": "text", "fields": [{"name": "text", "type": "string", "required": true}]},
+            "validators": validators,
+        });
+        s.datanets
+            .create(serde_json::from_value(spec).expect("spec"), "carol")
+            .expect_err("refused")
+            .to_string()
+    };
+    let err = attempt(serde_json::json!([{"plugin": "missing"}]));
+    assert!(
+        err.contains("validators[0]") && err.contains("plugin missing is not installed"),
+        "{err}"
+    );
+    let err = attempt(serde_json::json!([{"plugin": "proportional"}]));
+    assert!(err.contains("is a reward-policy, not a validator"), "{err}");
+    let err = attempt(serde_json::json!([{"plugin": "text-quality", "config": {"min_chars": -3}}]));
+    assert!(
+        err.contains("config.min_chars: -3 is under the minimum 0"),
+        "{err}"
+    );
+    let err = attempt(serde_json::json!([{"plugin": "text-quality", "config": {"colour": 1}}]));
+    assert!(
+        err.contains("config.colour: not a setting of this plugin"),
+        "{err}"
+    );
+}
+
+#[test]
+fn near_dup_state_persists_with_batches_and_not_with_refused_ones() {
+    let s = setup("[plugins.near-dup]\ngrant = [\"kv\"]\n");
+    install(&s.plugins, &artifacts::NEAR_DUP);
+    create(
+        &s.datanets,
+        serde_json::json!([{"plugin": "near-dup", "config": {"threshold": 0.7}}]),
+    );
+    let first = "the quick brown fox jumps over the lazy dog near the quiet river bank at dawn";
+    let near = "the quick brown fox jumps over the lazy dog near the quiet river bank at dusk";
+    let other = "an entirely different note about baking bread with rye flour and caraway seeds";
+    let batch = contribute(
+        &s.datanets,
+        &format!("{{\"text\": \"{first}\"}}\n{{\"text\": \"{near}\"}}\n"),
+    )
+    .expect("first");
+    assert_eq!((batch.accepted, batch.invalid), (1, 1));
+    assert!(
+        batch.errors.errors[0]
+            .message
+            .starts_with("near-dup: near-duplicate of an earlier record"),
+        "{:?}",
+        batch.errors
+    );
+
+    // Across batches, through the plugin's state.
+    let batch = contribute(
+        &s.datanets,
+        &format!("{{\"text\": \"{near}\"}}\n{{\"text\": \"{other}\"}}\n"),
+    )
+    .expect("second");
+    assert_eq!((batch.accepted, batch.invalid), (1, 1));
+
+    // A refused batch (its signature is wrong) leaves no state: the text it carried is new
+    // to the Datanet afterwards.
+    let fresh = "a third note on tidal patterns along the northern coast in the winter months";
+    let datanet = s.datanets.get("notes").expect("get");
+    let rows = format!("{{\"text\": \"{fresh}\"}}\n");
+    let input = || Input::Stream(Box::new(Cursor::new(rows.as_bytes().to_vec())));
+    let root = Datanets::commitment(&datanet, InputFormat::Jsonl, input())
+        .expect("root")
+        .root;
+    let err = s
+        .datanets
+        .contribute(
+            "notes",
+            Contribution {
+                format: InputFormat::Jsonl,
+                contributor: Key::generate().address(),
+                signature: Key::generate().sign_personal(&root),
+            },
+            input(),
+        )
+        .expect_err("wrong signer");
+    assert!(matches!(err, DatanetError::SignerMismatch { .. }), "{err}");
+    let batch = contribute(&s.datanets, &rows).expect("fresh");
+    assert_eq!(
+        (batch.accepted, batch.invalid),
+        (1, 0),
+        "{:?}",
+        batch.errors
+    );
+}
+
+/// Calls the hostile validator directly with `attack`.
+fn attack(plugins: &Plugins, datanet: &Datanet, name: &str) -> Result<usize, PluginError> {
+    let plugin = plugins
+        .get_kind("hostile", PluginKind::Validator)
+        .expect("hostile");
+    let batch = RecordBatch::try_new(
+        datanet.spec.schema.arrow_schema(),
+        vec![
+            Arc::new(arrow::array::StringArray::from(vec!["a note"])),
+            Arc::new(arrow::array::ListArray::new_null(
+                Arc::new(arrow::datatypes::Field::new(
+                    "item",
+                    arrow::datatypes::DataType::Utf8,
+                    true,
+                )),
+                1,
+            )),
+        ],
+    )
+    .expect("batch");
+    let config = serde_json::json!({ "attack": name }).to_string();
+    WasmValidator::new(plugin)
+        .call(datanet, &config, &batch, &mut StateChanges::default())
+        .map(|v| v.quality.len())
+}
+
+#[test]
+fn hostile_plugins_fail_their_call_and_nothing_else() {
+    let s = setup("[plugins.hostile]\ngrant = [\"log\"]\n");
+    let info = install(&s.plugins, &artifacts::HOSTILE);
+    assert_eq!(
+        info.granted,
+        vec![tributary::plugin::Capability::Log],
+        "kv is requested, not granted"
+    );
+    let datanet = create(&s.datanets, serde_json::json!([]));
+    let plugin = s.plugins.get("hostile").expect("loaded");
+    assert_eq!(
+        attack(&s.plugins, &datanet, "none").expect("a good call"),
+        1
+    );
+
+    let started = Instant::now();
+    let err = attack(&s.plugins, &datanet, "loop").expect_err("loops");
+    assert!(
+        matches!(err, PluginError::Deadline { limit_ms: 300, .. }),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        err.to_string(),
+        "plugin hostile, call validate: ran past its deadline of 300 ms"
+    );
+
+    let err = attack(&s.plugins, &datanet, "memory").expect_err("allocates");
+    assert!(
+        matches!(err, PluginError::Memory { limit_mb: 32, .. }),
+        "{err}"
+    );
+    let err = attack(&s.plugins, &datanet, "output").expect_err("floods");
+    assert!(
+        matches!(err, PluginError::Output { limit_kb: 256, .. }),
+        "{err}"
+    );
+    let err = attack(&s.plugins, &datanet, "panic").expect_err("panics");
+    assert!(matches!(err, PluginError::Trap { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("the hostile plugin panics on purpose"),
+        "{err}"
+    );
+    let err = attack(&s.plugins, &datanet, "kv-flood").expect_err("ungranted");
+    assert!(
+        matches!(
+            err,
+            PluginError::Denied {
+                capability: "kv",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // The sandbox hides files, sockets and the environment: the plugin sees errors and an
+    // empty environment, and says so.
+    let err = attack(&s.plugins, &datanet, "file").expect_err("no file");
+    assert!(err.to_string().contains("file:"), "{err}");
+    let err = attack(&s.plugins, &datanet, "socket").expect_err("no socket");
+    assert!(err.to_string().contains("socket:"), "{err}");
+    let err = attack(&s.plugins, &datanet, "env").expect_err("no env");
+    assert!(err.to_string().contains("env: 0 variables"), "{err}");
+
+    // Each trap discarded its instance; the next call gets a fresh one and works.
+    let before = plugin.instances_created();
+    assert_eq!(
+        attack(&s.plugins, &datanet, "none").expect("still serving"),
+        1
+    );
+    assert!(plugin.instances_created() >= before);
+    assert!(
+        before >= 5,
+        "{before} instances for 5 traps and a first call"
+    );
+}
+
+#[test]
+fn a_failing_validator_rejects_or_holds_the_batch_as_configured() {
+    let s = setup("");
+    install(&s.plugins, &artifacts::HOSTILE);
+    install(&s.plugins, &artifacts::TEXT_QUALITY);
+    create(
+        &s.datanets,
+        serde_json::json!([{"plugin": "hostile", "config": {"attack": "loop"}}]),
+    );
+    let rows = "{\"text\": \"a note long enough to pass every check here\"}\n";
+    let err = contribute(&s.datanets, rows).expect_err("rejected");
+    assert!(
+        err.to_string().contains("ran past its deadline of 300 ms"),
+        "{err}"
+    );
+    assert_eq!(
+        s.datanets.get("notes").expect("get").batches,
+        0,
+        "nothing stored"
+    );
+
+    let update: tributary::datanet::DatanetUpdate =
+        serde_json::from_value(serde_json::json!({"on_validator_failure": "hold"}))
+            .expect("update");
+    s.datanets.update("notes", update).expect("update");
+    let batch = contribute(&s.datanets, rows).expect("held");
+    assert_eq!(batch.status, tributary::BatchStatus::Pending);
+    let reason = batch.review_reason.expect("reason");
+    assert!(
+        reason.starts_with("held for review: validator hostile failed"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn reward_policies_pay_exactly_and_greedy_ones_are_refused() {
+    let s = setup("");
+    install(&s.plugins, &artifacts::PROPORTIONAL);
+    install(&s.plugins, &artifacts::GREEDY_POLICY);
+    let entry = |c: &str, score: f64| Entry {
+        record_id: "00".repeat(32),
+        datanet: "notes".into(),
+        contributor: c.into(),
+        score,
+        quality: 1.0,
+    };
+    let request = Distribution {
+        pool: 1_000_000_000_000_000_007,
+        fallback: "0x00000000000000000000000000000000000000f0".into(),
+        attribution_id: "a1".into(),
+        entries: vec![entry("0xaa", 0.5), entry("0xbb", 0.3), entry("0xaa", 0.2)],
+        penalties: vec![Penalty {
+            contributor: "0xbb".into(),
+            weight: 0.5,
+            reason: "flagged".into(),
+        }],
+    };
+    let policy = s
+        .plugins
+        .get_kind("proportional", PluginKind::RewardPolicy)
+        .expect("policy");
+    let payouts = reward::distribute(&policy, &request, &[], "{}", &mut StateChanges::default())
+        .expect("pays");
+    assert_eq!(payouts.iter().map(|(_, u)| u).sum::<u128>(), request.pool);
+    let aa = payouts.iter().find(|(a, _)| a == "0xaa").expect("aa").1;
+    let bb = payouts.iter().find(|(a, _)| a == "0xbb").expect("bb").1;
+    let fallback = payouts
+        .iter()
+        .find(|(a, _)| *a == request.fallback)
+        .expect("fallback")
+        .1;
+    // Shares follow f64 weights: exact to about one part in 10^15, and summing exactly.
+    assert!(
+        aa.abs_diff(700_000_000_000_000_005) <= 1_000,
+        "0.7 of the pool: {aa}"
+    );
+    assert!(
+        bb.abs_diff(150_000_000_000_000_001) <= 1_000,
+        "half of 0.3, after the penalty: {bb}"
+    );
+    assert_eq!(fallback, request.pool - aa - bb);
+
+    let greedy = s
+        .plugins
+        .get_kind("greedy-policy", PluginKind::RewardPolicy)
+        .expect("greedy");
+    for (mode, expected) in [
+        ("overpay", "payouts sum to 3000000000000000021 base units, but the pool is 1000000000000000007"),
+        ("stranger", "pays 0x000000000000000000000000000000000000dEaD, which is neither in attribution a1 nor the fallback"),
+        ("short", "payouts sum to 500000000000000003 base units"),
+    ] {
+        let config = serde_json::json!({ "mode": mode }).to_string();
+        let err = reward::distribute(&greedy, &request, &[], &config, &mut StateChanges::default())
+            .expect_err("refused");
+        assert!(matches!(err, PluginError::Refused { .. }), "{err}");
+        assert!(err.to_string().contains(expected), "{mode}: {err}");
+    }
+}
+
+#[test]
+fn local_jsonl_settles_once_and_its_chain_detects_edits() {
+    let ledger_dir = tempfile::tempdir().expect("ledger dir");
+    let s = setup(&format!(
+        "[plugins.local-jsonl]\ngrant = [\"filesystem\"]\nfilesystem = {:?}\n",
+        ledger_dir.path().display().to_string()
+    ));
+    install(&s.plugins, &artifacts::LOCAL_JSONL);
+    let adapter = s
+        .plugins
+        .get_kind("local-jsonl", PluginKind::LedgerAdapter)
+        .expect("adapter");
+    let settlement = Settlement {
+        epoch: 1,
+        payout_root: format!("0x{}", "ab".repeat(32)),
+        total: u128::MAX,
+        payouts: vec![("0xaa".into(), u128::MAX - 5), ("0xbb".into(), 5)],
+    };
+    let mut state = StateChanges::default();
+    let receipt = ledger::settle(&adapter, &settlement, "{}", &mut state).expect("settle");
+    assert_eq!(receipt.ledger, "local-jsonl");
+    let again = ledger::settle(&adapter, &settlement, "{}", &mut state).expect("settle again");
+    assert_eq!(again, receipt, "settling twice gives the same receipt");
+    assert!(ledger::verify(&adapter, &settlement, &receipt, "{}", &mut state).expect("verify"));
+
+    let file = ledger_dir.path().join("ledger.jsonl");
+    let text = std::fs::read_to_string(&file).expect("ledger file");
+    assert_eq!(text.lines().count(), 1);
+    std::fs::write(&file, text.replace("\"5\"", "\"6\"")).expect("edit");
+    let err =
+        ledger::verify(&adapter, &settlement, &receipt, "{}", &mut state).expect_err("edited");
+    assert!(
+        err.to_string().contains("line 1: the line was changed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn components_are_checked_against_their_manifest_at_install() {
+    let s = setup("");
+    let wasm = std::fs::read(artifacts::HOSTILE.component).expect("component");
+    assert_eq!(
+        tributary::plugin::api_version::stamped(&wasm).as_deref(),
+        Some("0.1.0")
+    );
+    let manifest = "id = \"sneaky\"\nversion = \"1\"\nkind = \"validator\"\nwit = \"0.1.0\"\ncapabilities = [\"log\"]\n";
+    let err = s
+        .plugins
+        .install(manifest, &wasm)
+        .expect_err("kv not requested");
+    assert!(err.to_string().contains("imports tributary:plugins/kv@0.1.0, but its manifest does not request the kv capability"), "{err}");
+    let manifest = "id = \"sneaky\"\nversion = \"1\"\nkind = \"reward-policy\"\nwit = \"0.1.0\"\ncapabilities = [\"log\", \"kv\"]\n";
+    let err = s.plugins.install(manifest, &wasm).expect_err("wrong kind");
+    assert!(
+        err.to_string()
+            .contains("does not export tributary:plugins/policy"),
+        "{err}"
+    );
+    let err = s
+        .plugins
+        .install(
+            "id = \"x\"\nversion = \"1\"\nkind = \"validator\"\nwit = \"0.1.0\"\n",
+            b"\0asm nonsense",
+        )
+        .expect_err("not wasm");
+    assert!(err.to_string().contains("not a valid component"), "{err}");
+    assert!(
+        s.plugins.list().is_empty(),
+        "nothing installed by refused attempts"
+    );
+}
