@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod openapi;
+pub mod plugins;
 pub mod tokens;
 
 use std::net::SocketAddr;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub datanets: Arc<Datanets>,
     pub limits: Limits,
     pub metrics: Arc<metrics::Metrics>,
+    /// The plugin registry; `None` runs without plugins.
+    pub plugins: Option<Arc<crate::plugin::Plugins>>,
 }
 
 /// Runs blocking library work off the async workers.
@@ -64,7 +67,16 @@ pub fn router(state: AppState) -> Router {
             "/v1/datanets/{id}/contributions",
             post(datanets::contribute).get(datanets::list_batches),
         )
-        .layer(DefaultBodyLimit::disable());
+        .layer(DefaultBodyLimit::disable())
+        // Components are buffered whole (they are compiled whole), up to the upload limit.
+        .route(
+            "/v1/plugins",
+            post(plugins::install)
+                .get(plugins::list)
+                .layer(DefaultBodyLimit::max(
+                    state.limits.max_upload_bytes.min(usize::MAX as u64) as usize,
+                )),
+        );
     Router::new()
         .route("/v1/datanets", post(datanets::create).get(datanets::list))
         .route(
@@ -98,6 +110,10 @@ pub fn router(state: AppState) -> Router {
             get(datanets::proof),
         )
         .route("/v1/tokens", post(tokens::create))
+        .route(
+            "/v1/plugins/{id}",
+            get(plugins::get).delete(plugins::remove),
+        )
         .layer(DefaultBodyLimit::max(state.limits.max_json_bytes))
         .merge(upload)
         .route(

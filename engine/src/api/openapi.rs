@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{datanets, tokens};
+use super::{datanets, plugins, tokens};
 
 struct BearerAuth;
 
@@ -19,13 +19,14 @@ impl Modify for BearerAuth {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Tributary", description = "Datanets, signed contributions and versions. Errors are application/problem+json."),
+    info(title = "Tributary", description = "Datanets, signed contributions and versions, and the WASM plugins that validate them. Errors are application/problem+json."),
     paths(
         datanets::create, datanets::list, datanets::get, datanets::update,
         datanets::contribute, datanets::list_batches, datanets::get_batch, datanets::review,
         datanets::get_record, datanets::withdraw,
         datanets::publish, datanets::list_versions, datanets::get_version, datanets::proof,
         datanets::export, tokens::create,
+        plugins::install, plugins::list, plugins::get, plugins::remove,
     ),
     modifiers(&BearerAuth)
 )]

@@ -112,6 +112,11 @@ impl Principal {
         }
     }
 
+    /// Any valid token.
+    pub fn require_authenticated(&self) -> Result<(), Denied> {
+        self.role().map(|_| ()).ok_or(Denied::Unauthenticated)
+    }
+
     pub fn require_admin(&self) -> Result<(), Denied> {
         match self.role() {
             None => Err(Denied::Unauthenticated),

@@ -26,6 +26,7 @@ use crate::datanet::{
 };
 use crate::identity::{Address, Key};
 use crate::merkle;
+use crate::plugin::Plugins;
 
 pub fn run(cli: Cli) -> Result<()> {
     let token = match (&cli.global.token, &cli.global.token_file) {
@@ -48,10 +49,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Versions(cmd) => versions(&client, cmd),
         Command::Records(cmd) => records(&client, cmd),
         Command::Tokens(cmd) => tokens(&client, cmd),
+        Command::Plugin(cmd) => super::plugin::run(&client, cmd),
     }
 }
 
-fn print_json<T: Serialize>(value: &T) -> Result<()> {
+pub(crate) fn print_json<T: Serialize>(value: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
@@ -64,11 +66,14 @@ fn serve(args: ServeArgs) -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let datanets = Arc::new(
-        Datanets::open(&args.data_dir)
-            .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?
-            .with_bulk_index_min(args.bulk_index_min),
+    let datanets = Datanets::open(&args.data_dir)
+        .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?
+        .with_bulk_index_min(args.bulk_index_min);
+    let plugins = Arc::new(
+        Plugins::open(&args.data_dir, datanets.store().clone())
+            .context("starting the plugin runtime")?,
     );
+    let datanets = Arc::new(datanets.with_plugins(plugins.clone()));
     if let Some(path) = api::ensure_admin_token(&datanets)? {
         eprintln!(
             "First start: the admin token is in {} (readable by you alone).",
@@ -85,6 +90,7 @@ fn serve(args: ServeArgs) -> Result<()> {
             ..Limits::default()
         },
         metrics: Arc::default(),
+        plugins: Some(plugins),
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(api::serve(state, args.listen))

@@ -5,6 +5,7 @@
 mod client;
 mod commands;
 mod demo;
+mod plugin;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -70,6 +71,9 @@ pub enum Command {
     /// Make API tokens (admin).
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Install, list, remove, test and scaffold WASM plugins.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
 }
 
 #[derive(Debug, Args)]
