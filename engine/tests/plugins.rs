@@ -542,3 +542,124 @@ fn components_are_checked_against_their_manifest_at_install() {
         "nothing installed by refused attempts"
     );
 }
+
+/// Calls the hostile validator with `config` and returns the message it fails with.
+fn probe(plugins: &Plugins, datanet: &Datanet, config: serde_json::Value) -> String {
+    let plugin = plugins
+        .get_kind("hostile", PluginKind::Validator)
+        .expect("hostile");
+    let batch = RecordBatch::try_new(
+        datanet.spec.schema.arrow_schema(),
+        vec![
+            Arc::new(arrow::array::StringArray::from(vec!["a note"])),
+            Arc::new(arrow::array::ListArray::new_null(
+                Arc::new(arrow::datatypes::Field::new(
+                    "item",
+                    arrow::datatypes::DataType::Utf8,
+                    true,
+                )),
+                1,
+            )),
+        ],
+    )
+    .expect("batch");
+    WasmValidator::new(plugin)
+        .call(
+            datanet,
+            &config.to_string(),
+            &batch,
+            &mut StateChanges::default(),
+        )
+        .expect_err("probes report through their error")
+        .to_string()
+}
+
+/// Answers one HTTP request with `body`, on a loopback port.
+fn one_shot_http(body: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        if let Ok((mut stream, _)) = listener.accept() {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn the_signer_and_http_capabilities_work_only_as_granted() {
+    let key_dir = tempfile::tempdir().expect("key dir");
+    let key = Key::generate();
+    let key_path = key_dir.path().join("operator-key");
+    std::fs::write(&key_path, key.to_hex()).expect("key");
+    let port = one_shot_http("hello from the allow-list");
+    let s = setup(&format!(
+        "[plugins.hostile]\ngrant = [\"signer\", \"http\"]\nsigner_key = {:?}\nhttp_allow = [\"127.0.0.1:{port}\"]\n",
+        key_path.display().to_string()
+    ));
+    install(&s.plugins, &artifacts::HOSTILE);
+    let datanet = create(&s.datanets, serde_json::json!([]));
+
+    // The host signs with the operator's key; the plugin never sees it.
+    let message = b"settle epoch 7";
+    let digest = tributary::identity::personal_message_digest(message);
+    let said = probe(
+        &s.plugins,
+        &datanet,
+        serde_json::json!({"attack": "sign", "digest": hex::encode(digest)}),
+    );
+    let signature = said.rsplit(' ').next().expect("signature");
+    let signature: tributary::Signature = signature.parse().expect("65 bytes");
+    let recovered = tributary::identity::recover_personal(message, &signature).expect("recover");
+    assert_eq!(recovered, key.address());
+    assert!(
+        said.contains(&format!("signer {}", key.address().to_checksum())),
+        "{said}"
+    );
+
+    let said = probe(
+        &s.plugins,
+        &datanet,
+        serde_json::json!({"attack": "http", "url": format!("http://127.0.0.1:{port}/x")}),
+    );
+    assert!(
+        said.ends_with("http 200 hello from the allow-list"),
+        "{said}"
+    );
+    let said = probe(
+        &s.plugins,
+        &datanet,
+        serde_json::json!({"attack": "http", "url": "http://127.0.0.1:9/elsewhere"}),
+    );
+    assert!(
+        said.ends_with("http://127.0.0.1:9/elsewhere is not on this plugin's allow-list"),
+        "{said}"
+    );
+
+    // Without the grants the same calls fail as denied.
+    let s = setup("");
+    install(&s.plugins, &artifacts::HOSTILE);
+    let datanet = create(&s.datanets, serde_json::json!([]));
+    let said = probe(
+        &s.plugins,
+        &datanet,
+        serde_json::json!({"attack": "sign", "digest": hex::encode(digest)}),
+    );
+    assert!(
+        said.contains("used capability signer, which the operator has not granted it"),
+        "{said}"
+    );
+    let said = probe(
+        &s.plugins,
+        &datanet,
+        serde_json::json!({"attack": "http", "url": "http://127.0.0.1:9/"}),
+    );
+    assert!(said.contains("used capability http"), "{said}");
+}

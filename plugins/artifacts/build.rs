@@ -59,8 +59,8 @@ fn main() {
         let status = cmd.status().expect("running cargo for the plugins");
         if !status.success() {
             panic!(
-                "building plugin {krate} for {TARGET} failed; is the target installed? \
-                 (`rustup target add {TARGET}`, which ./dev does)"
+                "building plugin {krate} for {TARGET} failed (cargo's errors are above); \
+                 if the target is missing, `rustup target add {TARGET}` (./dev does it)"
             );
         }
     }

@@ -9,12 +9,57 @@ use tributary_sdk::validator::{Batch, Record, Validator, Verdict};
 #[serde(default)]
 pub struct Config {
     pub attack: String,
+    /// For `http`: where to send a GET.
+    pub url: String,
+    /// For `sign`: the digest to sign, 64 hex digits.
+    pub digest: String,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             attack: "none".into(),
+            url: String::new(),
+            digest: String::new(),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|p| u8::from_str_radix(p, 16).ok()))
+        .collect()
+}
+
+/// Uses the signer and http capabilities and reports what it got as its error, so that the
+/// tests can see it (these two are probes, not attacks).
+fn probe(config: &Config) -> Result<Vec<Verdict>, String> {
+    match config.attack.as_str() {
+        "sign" => {
+            let digest: [u8; 32] = unhex(&config.digest)
+                .and_then(|d| d.try_into().ok())
+                .ok_or("digest: 64 hex digits")?;
+            let address = tributary_sdk::signer::address()?;
+            let signature = tributary_sdk::signer::sign_digest(&digest)?;
+            Err(format!("signer {address} signature 0x{}", hex(&signature)))
+        }
+        _ => {
+            let response = tributary_sdk::http::send(&tributary_sdk::http::Request {
+                method: "GET".into(),
+                url: config.url.clone(),
+                headers: Vec::new(),
+                body: Vec::new(),
+            })?;
+            Err(format!(
+                "http {} {}",
+                response.status,
+                String::from_utf8_lossy(&response.body)
+            ))
         }
     }
 }
@@ -74,6 +119,9 @@ impl Validator for Hostile {
     fn validate(config: &Config, batch: &Batch) -> Result<Vec<Verdict>, String> {
         if config.attack == "none" {
             return Ok(batch.records().map(|_| Verdict::accept(1.0)).collect());
+        }
+        if config.attack == "sign" || config.attack == "http" {
+            return probe(config);
         }
         attack(&config.attack)
     }
