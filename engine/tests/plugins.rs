@@ -663,3 +663,55 @@ fn the_signer_and_http_capabilities_work_only_as_granted() {
     );
     assert!(said.contains("used capability http"), "{said}");
 }
+
+#[test]
+fn a_component_stamped_with_an_unsupported_api_version_is_refused() {
+    let s = setup("");
+    let mut wasm = std::fs::read(artifacts::TEXT_QUALITY.component).expect("component");
+    let section = b"tributary-api-version0.1.0";
+    let at = wasm
+        .windows(section.len())
+        .position(|w| w == section)
+        .expect("the SDK's stamp");
+    // Same length, so the component stays well-formed; only the stamp changes.
+    wasm[at + section.len() - 5..at + section.len()].copy_from_slice(b"0.2.0");
+    let manifest =
+        std::fs::read_to_string(Path::new(artifacts::TEXT_QUALITY.dir).join("plugin.toml"))
+            .expect("manifest");
+    let err = s
+        .plugins
+        .install(&manifest, &wasm)
+        .expect_err("unsupported");
+    assert_eq!(
+        err.to_string(),
+        "plugin text-quality is built for tributary:plugins@0.2.0; this engine supports 0.1.0 to 0.1.x"
+    );
+}
+
+#[test]
+fn installed_plugins_come_back_from_the_artifact_cache_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let datanets = Datanets::open(dir.path()).expect("open");
+        let plugins = Plugins::open(dir.path(), datanets.store().clone()).expect("plugins");
+        install(&plugins, &artifacts::TEXT_QUALITY);
+    }
+    let cached: Vec<_> = std::fs::read_dir(dir.path().join("plugins/cache"))
+        .expect("cache dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+        .collect();
+    assert_eq!(cached.len(), 1, "one precompiled artifact");
+    let datanets = Datanets::open(dir.path()).expect("reopen");
+    let plugins = Arc::new(Plugins::open(dir.path(), datanets.store().clone()).expect("plugins"));
+    let info = plugins.info("text-quality").expect("still installed");
+    assert_eq!(info.kind, PluginKind::Validator);
+    let datanets = datanets.with_plugins(plugins.clone());
+    create(&datanets, serde_json::json!([{"plugin": "text-quality"}]));
+    let batch = contribute(
+        &datanets,
+        "{\"text\": \"short\"}\n{\"text\": \"a note that is long enough to be kept\"}\n",
+    )
+    .expect("contribute");
+    assert_eq!((batch.accepted, batch.invalid), (1, 1));
+}
