@@ -172,3 +172,62 @@ fn plugin_test_prints_a_verdict_per_row_without_a_server() {
     assert_eq!(lines[1]["verdict"], "accept");
     assert!(lines[1].get("rewrites").is_none());
 }
+
+#[test]
+fn plugin_new_scaffolds_crates_that_build_as_components_and_install() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = env!("CARGO_BIN_EXE_tributary");
+    // Shared between runs so that the dependencies build once.
+    let target = common::repo_root().join("target").join("scaffold");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let datanets = tributary::Datanets::open(&data).expect("open");
+    let plugins =
+        tributary::plugin::Plugins::open(&data, datanets.store().clone()).expect("plugins");
+    for (id, kind) in [
+        ("my-check", "validator"),
+        ("my-split", "reward-policy"),
+        ("my-ledger", "ledger-adapter"),
+    ] {
+        let out = std::process::Command::new(bin)
+            .args(["plugin", "new", id, "--kind", kind, "--dir"])
+            .arg(dir.path())
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let root = dir.path().join(id);
+        let build = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
+            .current_dir(&root)
+            .env("CARGO_TARGET_DIR", &target)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .status()
+            .expect("cargo");
+        assert!(build.success(), "the scaffolded {kind} builds");
+        let manifest = std::fs::read_to_string(root.join("plugin.toml")).expect("manifest");
+        let wasm = std::fs::read(
+            target
+                .join("wasm32-wasip2/release")
+                .join(format!("{}.wasm", id.replace('-', "_"))),
+        )
+        .expect("component");
+        let info = plugins.install(&manifest, &wasm).expect("installs");
+        assert_eq!(info.kind.to_string(), kind);
+    }
+    let again = std::process::Command::new(bin)
+        .args(["plugin", "new", "my-check", "--kind", "validator", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+}
