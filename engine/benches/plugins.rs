@@ -74,6 +74,8 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() {
+    // As the `tributary` binary does: see `tributary::tuning`.
+    tributary::tuning::relaunch_with_tuned_memmove();
     let n: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
@@ -95,6 +97,8 @@ fn main() {
         .create(serde_json::from_value(spec).expect("spec"), "bench")
         .expect("create");
     let texts = texts(n);
+    // `PLUGIN_BENCH=calls` measures only the boundary, for profiling.
+    let only_calls = std::env::var("PLUGIN_BENCH").is_ok_and(|v| v == "calls");
     let batches = chunks(&datanet, &texts, 1024);
     let bytes: usize = texts.iter().map(String::len).sum();
     println!(
@@ -108,64 +112,70 @@ fn main() {
         |id: &str| WasmValidator::new(plugins.get_kind(id, PluginKind::Validator).expect("plugin"));
     let mut state = StateChanges::default();
 
-    // pii-redact: find and redact in each record.
-    let pii = validator("pii-redact");
-    let run_wasm = |v: &WasmValidator, state: &mut StateChanges| {
-        let t = Instant::now();
-        for b in &batches {
-            std::hint::black_box(v.call(&datanet, "{}", b, state).expect("call"));
-        }
-        t.elapsed()
-    };
-    let wasm_pii = median((0..3).map(|_| run_wasm(&pii, &mut state)).collect());
-    let native_pii = median(
-        (0..3)
-            .map(|_| {
-                let t = Instant::now();
-                for text in &texts {
-                    let found = pii_redact::find(text);
-                    if !found.is_empty() {
-                        std::hint::black_box(pii_redact::redact(text, &found));
+    if !only_calls {
+        // pii-redact: find and redact in each record.
+        let pii = validator("pii-redact");
+        let run_wasm = |v: &WasmValidator, state: &mut StateChanges| {
+            let t = Instant::now();
+            for b in &batches {
+                std::hint::black_box(v.call(&datanet, "{}", b, state).expect("call"));
+            }
+            t.elapsed()
+        };
+        let wasm_pii = median((0..3).map(|_| run_wasm(&pii, &mut state)).collect());
+        let native_pii = median(
+            (0..3)
+                .map(|_| {
+                    let t = Instant::now();
+                    for text in &texts {
+                        let found = pii_redact::find(text);
+                        if !found.is_empty() {
+                            std::hint::black_box(pii_redact::redact(text, &found));
+                        }
                     }
-                }
-                t.elapsed()
-            })
-            .collect(),
-    );
-    let rate = |d: Duration| n as f64 / d.as_secs_f64();
-    println!(
-        "| pii-redact | {:.0} records/s | {:.0} records/s | {:.2} |",
-        rate(wasm_pii),
-        rate(native_pii),
-        native_pii.as_secs_f64() / wasm_pii.as_secs_f64()
-    );
+                    t.elapsed()
+                })
+                .collect(),
+        );
+        let rate = |d: Duration| n as f64 / d.as_secs_f64();
+        println!(
+            "| pii-redact | {:.0} records/s | {:.0} records/s | {:.2} |",
+            rate(wasm_pii),
+            rate(native_pii),
+            native_pii.as_secs_f64() / wasm_pii.as_secs_f64()
+        );
 
-    let tq = validator("text-quality");
-    let wasm_tq = median((0..3).map(|_| run_wasm(&tq, &mut state)).collect());
-    let config = text_quality::Config::default();
-    let native_tq = median(
-        (0..3)
-            .map(|_| {
-                let t = Instant::now();
-                for text in &texts {
-                    std::hint::black_box(text_quality::judge(&config, text));
-                }
-                t.elapsed()
-            })
-            .collect(),
-    );
-    println!(
-        "| text-quality | {:.0} records/s | {:.0} records/s | {:.2} |",
-        rate(wasm_tq),
-        rate(native_tq),
-        native_tq.as_secs_f64() / wasm_tq.as_secs_f64()
-    );
+        let tq = validator("text-quality");
+        let wasm_tq = median((0..3).map(|_| run_wasm(&tq, &mut state)).collect());
+        let config = text_quality::Config::default();
+        let native_tq = median(
+            (0..3)
+                .map(|_| {
+                    let t = Instant::now();
+                    for text in &texts {
+                        std::hint::black_box(text_quality::judge(&config, text));
+                    }
+                    t.elapsed()
+                })
+                .collect(),
+        );
+        println!(
+            "| text-quality | {:.0} records/s | {:.0} records/s | {:.2} |",
+            rate(wasm_tq),
+            rate(native_tq),
+            native_tq.as_secs_f64() / wasm_tq.as_secs_f64()
+        );
+    }
 
     // A validator that only accepts: what remains is the boundary.
     let noop = validator("hostile");
     let config = r#"{"attack": "none"}"#;
     let mut per_call = Vec::new();
-    for rows in [1usize, 64, 1024] {
+    let sizes: Vec<usize> = match std::env::var("PLUGIN_ROWS") {
+        Ok(v) => v.split(',').filter_map(|r| r.parse().ok()).collect(),
+        Err(_) => vec![1, 64, 1024],
+    };
+    for &rows in &sizes {
         let batch = &chunks(&datanet, &texts[..rows], rows)[0];
         let calls = (200_000 / rows).max(200);
         for _ in 0..calls / 10 {
@@ -196,7 +206,32 @@ fn main() {
             d.as_secs_f64() * 1e9 / *rows as f64
         );
     }
-    let (t1, t1024) = (per_call[0].1, per_call[2].1);
+    let (t1, t1024) = (per_call[0].1, per_call[per_call.len() - 1].1);
+    {
+        // The host's own part of a call: packing Arrow columns for the boundary.
+        let batch = &chunks(&datanet, &texts[..1024], 1024)[0];
+        let t = Instant::now();
+        for _ in 0..2000 {
+            std::hint::black_box(tributary::plugin::validator::to_wit(&datanet, batch));
+        }
+        println!(
+            "packing 1,024 rows for the boundary (host side): {:.1} µs",
+            t.elapsed().as_secs_f64() * 1e6 / 2000.0
+        );
+        let empty: Vec<String> = vec![String::new(); 1024];
+        let batch = &chunks(&datanet, &empty, 1024)[0];
+        let t = Instant::now();
+        for _ in 0..2000 {
+            std::hint::black_box(
+                noop.call(&datanet, config, batch, &mut state)
+                    .expect("call"),
+            );
+        }
+        println!(
+            "a call with 1,024 empty strings: {:.1} µs",
+            t.elapsed().as_secs_f64() * 1e6 / 2000.0
+        );
+    }
     println!(
         "\nfixed cost of a call: {:.2} µs (batch of 1); boundary cost per record: {:.1} ns ((t1024 - t1) / 1023)",
         t1.as_secs_f64() * 1e6,

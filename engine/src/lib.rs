@@ -60,6 +60,7 @@ pub mod identity;
 pub mod merkle;
 pub mod plugin;
 pub mod store;
+pub mod tuning;
 
 pub use datanet::contribute::Contribution;
 pub use datanet::service::{DatanetError, Datanets};

@@ -94,6 +94,10 @@ fn main() {
 
     println!("cargo:rerun-if-changed={}", root.join("sdk").display());
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join(".cargo").join("config.toml").display()
+    );
     for (_, folder) in PLUGINS {
         println!(
             "cargo:rerun-if-changed={}",

@@ -50,6 +50,8 @@ pub struct Plugins {
     store: Arc<Store>,
     dir: PathBuf,
     loaded: RwLock<HashMap<String, Arc<LoadedPlugin>>>,
+    /// Validator plugins as ingest calls them, kept so their packing buffers are reused.
+    validators: RwLock<HashMap<String, Arc<WasmValidator>>>,
     infos: RwLock<HashMap<String, PluginInfo>>,
 }
 
@@ -71,6 +73,7 @@ impl Plugins {
             store,
             dir,
             loaded: RwLock::new(HashMap::new()),
+            validators: RwLock::new(HashMap::new()),
             infos: RwLock::new(HashMap::new()),
         };
         let mut installed: Vec<PluginInfo> = Vec::new();
@@ -106,10 +109,18 @@ impl Plugins {
 
     fn remember(&self, info: PluginInfo, loaded: LoadedPlugin) {
         let id = info.id.clone();
+        let loaded = Arc::new(loaded);
+        let mut validators = self.validators.write().unwrap_or_else(|p| p.into_inner());
+        if info.kind == PluginKind::Validator {
+            validators.insert(id.clone(), Arc::new(WasmValidator::new(loaded.clone())));
+        } else {
+            validators.remove(&id);
+        }
+        drop(validators);
         self.loaded
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), Arc::new(loaded));
+            .insert(id.clone(), loaded);
         self.infos
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -209,6 +220,10 @@ impl Plugins {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+        self.validators
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         self.infos
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -236,7 +251,15 @@ impl Plugins {
 impl ValidatorResolver for Plugins {
     fn resolve(&self, plugin: &str) -> Result<Arc<dyn Validator>, ValidatorError> {
         self.get_kind(plugin, PluginKind::Validator)
-            .map(|p| Arc::new(WasmValidator::new(p)) as Arc<dyn Validator>)
+            .and_then(|_| {
+                self.validators
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(plugin)
+                    .cloned()
+                    .map(|v| v as Arc<dyn Validator>)
+                    .ok_or_else(|| PluginError::NotFound(plugin.to_string()))
+            })
             .map_err(|e| ValidatorError {
                 validator: plugin.to_string(),
                 message: e.to_string(),

@@ -47,78 +47,127 @@ pub fn datanet_info(datanet: &Datanet) -> types::DatanetInfo {
     }
 }
 
-/// A string array as one buffer and rebased offsets.
-fn string_column(array: &arrow::array::StringArray) -> types::StringColumn {
+/// Copies a string array into `out`, reusing its buffers: one copy of the bytes, and
+/// offsets rebased to start at 0.
+fn fill_strings(array: &arrow::array::StringArray, out: &mut types::StringColumn) {
     let offsets = array.value_offsets();
     let (first, last) = (offsets[0] as usize, offsets[offsets.len() - 1] as usize);
-    types::StringColumn {
-        data: array.value_data()[first..last].to_vec(),
-        offsets: offsets
-            .iter()
-            .map(|o| (*o as usize - first) as u32)
-            .collect(),
+    out.data.clear();
+    out.data.extend_from_slice(&array.value_data()[first..last]);
+    out.offsets.clear();
+    out.offsets
+        .extend(offsets.iter().map(|o| (*o as usize - first) as u32));
+}
+
+fn fill_present(array: &dyn Array, out: &mut Vec<bool>) {
+    out.clear();
+    if let Some(nulls) = array.logical_nulls().filter(|n| n.null_count() > 0) {
+        out.extend(nulls.iter());
     }
 }
 
-fn present(array: &dyn Array) -> Vec<bool> {
-    match array.logical_nulls() {
-        Some(nulls) if nulls.null_count() > 0 => nulls.iter().collect(),
-        _ => Vec::new(),
+fn string_column() -> types::StringColumn {
+    types::StringColumn {
+        data: Vec::new(),
+        offsets: Vec::new(),
     }
 }
 
 /// The chunk's columns, packed. `batch` has the schema's fields in order.
 pub fn to_wit(datanet: &Datanet, batch: &RecordBatch) -> types::RecordBatch {
-    let columns = datanet
-        .spec
-        .schema
-        .fields
-        .iter()
-        .zip(batch.columns())
-        .map(|(field, array)| {
-            let values = match field.field_type {
-                FieldType::String => {
-                    types::ColumnValues::String(string_column(array.as_string::<i32>()))
+    let mut out = types::RecordBatch {
+        rows: 0,
+        columns: Vec::new(),
+    };
+    pack_into(datanet, batch, &mut out);
+    out
+}
+
+/// Packs `batch` into `out`, reusing the buffers `out` already has: a batch's strings are
+/// copied once, into memory that earlier batches already touched.
+pub fn pack_into(datanet: &Datanet, batch: &RecordBatch, out: &mut types::RecordBatch) {
+    let fields = &datanet.spec.schema.fields;
+    out.rows = batch.num_rows() as u32;
+    out.columns.truncate(fields.len());
+    for (i, (field, array)) in fields.iter().zip(batch.columns()).enumerate() {
+        if out.columns.len() <= i {
+            out.columns.push(types::Column {
+                values: types::ColumnValues::Int64(Vec::new()),
+                present: Vec::new(),
+            });
+        }
+        let column = &mut out.columns[i];
+        fill_present(array.as_ref(), &mut column.present);
+        let values = &mut column.values;
+        match field.field_type {
+            FieldType::String => {
+                if !matches!(values, types::ColumnValues::String(_)) {
+                    *values = types::ColumnValues::String(string_column());
                 }
-                FieldType::Int64 => {
-                    types::ColumnValues::Int64(array.as_primitive::<Int64Type>().values().to_vec())
+                if let types::ColumnValues::String(c) = values {
+                    fill_strings(array.as_string::<i32>(), c);
                 }
-                FieldType::Float64 => types::ColumnValues::Float64(
-                    array.as_primitive::<Float64Type>().values().to_vec(),
-                ),
-                FieldType::Bool => {
-                    types::ColumnValues::Boolean(array.as_boolean().values().iter().collect())
-                }
-                FieldType::Timestamp => types::ColumnValues::Timestamp(
+            }
+            FieldType::Int64 | FieldType::Timestamp => {
+                let source = if field.field_type == FieldType::Int64 {
+                    array.as_primitive::<Int64Type>().values().as_ref()
+                } else {
                     array
                         .as_primitive::<TimestampMicrosecondType>()
                         .values()
-                        .to_vec(),
-                ),
-                FieldType::ListOfStrings => {
+                        .as_ref()
+                };
+                let mut v = match std::mem::replace(values, types::ColumnValues::Int64(Vec::new()))
+                {
+                    types::ColumnValues::Int64(v) | types::ColumnValues::Timestamp(v) => v,
+                    _ => Vec::new(),
+                };
+                v.clear();
+                v.extend_from_slice(source);
+                *values = if field.field_type == FieldType::Int64 {
+                    types::ColumnValues::Int64(v)
+                } else {
+                    types::ColumnValues::Timestamp(v)
+                };
+            }
+            FieldType::Float64 => {
+                if !matches!(values, types::ColumnValues::Float64(_)) {
+                    *values = types::ColumnValues::Float64(Vec::new());
+                }
+                if let types::ColumnValues::Float64(v) = values {
+                    v.clear();
+                    v.extend_from_slice(array.as_primitive::<Float64Type>().values());
+                }
+            }
+            FieldType::Bool => {
+                if !matches!(values, types::ColumnValues::Boolean(_)) {
+                    *values = types::ColumnValues::Boolean(Vec::new());
+                }
+                if let types::ColumnValues::Boolean(v) = values {
+                    v.clear();
+                    v.extend(array.as_boolean().values().iter());
+                }
+            }
+            FieldType::ListOfStrings => {
+                if !matches!(values, types::ColumnValues::StringList(_)) {
+                    *values = types::ColumnValues::StringList(types::StringListColumn {
+                        lists: Vec::new(),
+                        items: string_column(),
+                    });
+                }
+                if let types::ColumnValues::StringList(c) = values {
                     let list = array.as_list::<i32>();
                     let offsets = list.value_offsets();
                     let first = offsets[0] as usize;
                     let last = offsets[offsets.len() - 1] as usize;
                     let items = list.values().slice(first, last - first);
-                    types::ColumnValues::StringList(types::StringListColumn {
-                        lists: offsets
-                            .iter()
-                            .map(|o| (*o as usize - first) as u32)
-                            .collect(),
-                        items: string_column(items.as_string::<i32>()),
-                    })
+                    c.lists.clear();
+                    c.lists
+                        .extend(offsets.iter().map(|o| (*o as usize - first) as u32));
+                    fill_strings(items.as_string::<i32>(), &mut c.items);
                 }
-            };
-            types::Column {
-                values,
-                present: present(array.as_ref()),
             }
-        })
-        .collect();
-    types::RecordBatch {
-        rows: batch.num_rows() as u32,
-        columns,
+        }
     }
 }
 
@@ -148,11 +197,16 @@ impl OutputSize for wit::Verdicts {
 /// A validator plugin, callable from ingest.
 pub struct WasmValidator {
     plugin: Arc<LoadedPlugin>,
+    /// Packed batches whose buffers the next calls reuse.
+    spare: std::sync::Mutex<Vec<types::RecordBatch>>,
 }
 
 impl WasmValidator {
     pub fn new(plugin: Arc<LoadedPlugin>) -> Self {
-        Self { plugin }
+        Self {
+            plugin,
+            spare: std::sync::Mutex::new(Vec::new()),
+        }
     }
 
     /// Runs the plugin over `batch` and returns its answer as it gave it.
@@ -164,14 +218,29 @@ impl WasmValidator {
         state: &mut StateChanges,
     ) -> Result<wit::Verdicts, PluginError> {
         let info = datanet_info(datanet);
-        let packed = to_wit(datanet, batch);
-        self.plugin
+        let mut packed = self
+            .spare
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or(types::RecordBatch {
+                rows: 0,
+                columns: Vec::new(),
+            });
+        pack_into(datanet, batch, &mut packed);
+        let answer = self
+            .plugin
             .call("validate", state, |store, bound| match bound {
                 Bound::Validator(v) => v
                     .tributary_plugins_validation()
                     .call_validate(store, &info, config, &packed),
                 _ => Err(wasmtime::Error::msg("not a validator")),
-            })
+            });
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.len() < 4 {
+            spare.push(packed);
+        }
+        answer
     }
 }
 
