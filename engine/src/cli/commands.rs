@@ -81,7 +81,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         );
     }
     if args.demo {
-        super::demo::seed(&datanets, &args)?;
+        super::demo::seed(&datanets, &plugins, &args)?;
     }
     let state = AppState {
         datanets,

@@ -2,6 +2,7 @@
 //! version, so a new user has something real to query at once.
 
 use std::io::Cursor;
+use std::path::Path;
 
 use anyhow::{Context, Result};
 
@@ -10,18 +11,49 @@ use crate::api::admin_token_path;
 use crate::datanet::contribute::Contribution;
 use crate::datanet::ingest::{Input, InputFormat};
 use crate::datanet::service::Datanets;
-use crate::datanet::DatanetSpec;
+use crate::datanet::{DatanetSpec, ValidatorAttachment};
 use crate::identity::Key;
+use crate::plugin::Plugins;
 
 const SPEC: &str = include_str!("../../../examples/quickstart/datanet.json");
 const RECORDS: &str = include_str!("../../../examples/quickstart/tips.jsonl");
 
-pub fn seed(datanets: &Datanets, args: &ServeArgs) -> Result<()> {
+/// The example plugins the demo installs, and the config it attaches each with.
+const DEMO_PLUGINS: &[(&str, &str, &str)] = &[
+    ("text-quality", "text_quality.wasm", r#"{"min_chars": 10}"#),
+    ("pii-redact", "pii_redact.wasm", "{}"),
+];
+
+/// Installs the demo's plugins from `components` and returns their attachments.
+fn install_plugins(plugins: &Plugins, components: &Path) -> Result<Vec<ValidatorAttachment>> {
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
+    let mut attached = Vec::new();
+    for (id, file, config) in DEMO_PLUGINS {
+        let manifest = std::fs::read_to_string(sources.join(id).join("plugin.toml"))
+            .with_context(|| format!("the {id} manifest"))?;
+        let wasm = std::fs::read(components.join(file))
+            .with_context(|| format!("the {id} component in {}", components.display()))?;
+        plugins.install(&manifest, &wasm)?;
+        attached.push(ValidatorAttachment {
+            plugin: id.to_string(),
+            config: serde_json::from_str(config)?,
+        });
+    }
+    Ok(attached)
+}
+
+pub fn seed(datanets: &Datanets, plugins: &Plugins, args: &ServeArgs) -> Result<()> {
     let mut spec: DatanetSpec = serde_json::from_str(SPEC).context("the demo spec")?;
     spec.id = "demo-kitchen-tips".into();
     spec.name = "Kitchen tips (demo)".into();
     let id = spec.id.clone();
     if datanets.find(&id)?.is_none() {
+        if let Some(components) = &args.demo_plugins {
+            spec.validators = install_plugins(plugins, components)?;
+            eprintln!(
+                "Demo: installed the text-quality and pii-redact plugins; every contribution to {id:?} passes them."
+            );
+        }
         let key_path = args.data_dir.join("demo-contributor.key");
         let key = Key::generate();
         crate::api::write_private(&key_path, &key.to_hex())?;
@@ -57,6 +89,7 @@ pub fn seed(datanets: &Datanets, args: &ServeArgs) -> Result<()> {
          \x20 cargo run -q -- keys new\n\
          \x20 cargo run -q -- datanets create examples/quickstart/datanet.json\n\
          \x20 cargo run -q -- contribute kitchen-tips examples/quickstart/tips.jsonl\n\
+         \x20 cargo run -q -- plugin list\n\
          The README's walkthrough goes on from there.\n",
         token = token.display()
     );

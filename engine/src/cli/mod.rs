@@ -92,6 +92,10 @@ pub struct ServeArgs {
     /// Batches with at least this many new records load their index through an SST file.
     #[arg(long, default_value_t = crate::datanet::contribute::BULK_INDEX_MIN, hide = true)]
     pub bulk_index_min: usize,
+    /// With --demo: the folder of the example plugins' components (`./dev demo` builds them
+    /// into target/plugins/wasm32-wasip2/plugin); the demo installs two and attaches them.
+    #[arg(long, requires = "demo")]
+    pub demo_plugins: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
