@@ -10,9 +10,18 @@ from wit_world.imports.types import ColumnValues_String
 
 
 class Validation(exports.Validation):
-    def validate(self, datanet, config, batch):
+    # The Datanet and config of each context the host configured.
+    contexts = {}
+
+    def configure(self, context, datanet, config):
         blocked = [w.lower() for w in json.loads(config or "{}").get("blocked", [])]
-        column = batch.columns[datanet.text_field].values
+        self.contexts[context] = (datanet.text_field, blocked)
+
+    def validate(self, context, batch):
+        if context not in self.contexts:
+            raise ValueError(f"context {context} was not configured")
+        text_field, blocked = self.contexts[context]
+        column = batch.columns[text_field].values
         if not isinstance(column, ColumnValues_String):
             raise ValueError("the text field is not a string column")
         data, offsets = column.value.data, column.value.offsets

@@ -131,7 +131,7 @@ fn string_at(column: &StringColumn, row: usize) -> &str {
 }
 
 fn present(column: &Column, row: usize) -> bool {
-    column.present.is_empty() || column.present[row]
+    column.present.as_ref().is_none_or(|p| p[row])
 }
 
 impl<'a> Record<'a> {
@@ -221,19 +221,65 @@ fn new_value(value: NewValue) -> FieldValue {
     }
 }
 
-/// Runs `V` over a batch and packs its verdicts (called by [`crate::export_validator`]).
+/// What `configure` said about a context: the Datanet and the parsed config.
+struct Context {
+    datanet: DatanetInfo,
+    config: std::rc::Rc<dyn std::any::Any>,
+}
+
+/// Contexts an instance keeps; past this many the oldest is dropped (the host configures a
+/// context again when it needs it).
+const MAX_CONTEXTS: usize = 64;
+
+thread_local! {
+    static CONTEXTS: std::cell::RefCell<Vec<(u64, std::rc::Rc<Context>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Parses and keeps a context's config (called by [`crate::export_validator`]).
 #[doc(hidden)]
-pub fn run<V: Validator>(
+pub fn configure<V: Validator>(
+    context: u64,
     datanet: DatanetInfo,
     config: String,
-    batch: RecordBatch,
-) -> Result<wit::Verdicts, String> {
+) -> Result<(), String> {
     let parsed = crate::cached::parse_config::<V::Config>(&config)?;
+    let entry = std::rc::Rc::new(Context {
+        datanet,
+        config: parsed as std::rc::Rc<dyn std::any::Any>,
+    });
+    CONTEXTS.with(|c| {
+        let mut contexts = c.borrow_mut();
+        contexts.retain(|(id, _)| *id != context);
+        if contexts.len() >= MAX_CONTEXTS {
+            contexts.remove(0);
+        }
+        contexts.push((context, entry));
+    });
+    Ok(())
+}
+
+/// Runs `V` over a batch and packs its verdicts (called by [`crate::export_validator`]).
+#[doc(hidden)]
+pub fn run<V: Validator>(context: u64, batch: RecordBatch) -> Result<wit::Verdicts, String> {
+    let found = CONTEXTS.with(|c| {
+        c.borrow()
+            .iter()
+            .rev()
+            .find(|(id, _)| *id == context)
+            .map(|(_, ctx)| ctx.clone())
+    });
+    let ctx = found.ok_or_else(|| format!("context {context} was not configured"))?;
+    let config = ctx
+        .config
+        .clone()
+        .downcast::<V::Config>()
+        .map_err(|_| "the context holds another validator's config".to_string())?;
     let view = Batch {
-        datanet: &datanet,
+        datanet: &ctx.datanet,
         batch: &batch,
     };
-    let verdicts = V::validate(&parsed, &view)?;
+    let verdicts = V::validate(&config, &view)?;
     if verdicts.len() != view.len() {
         return Err(format!(
             "the validator gave {} verdicts for {} records",
@@ -286,12 +332,19 @@ macro_rules! export_validator {
             struct __Export;
 
             impl __wit::Guest for __Export {
-                fn validate(
+                fn configure(
+                    context: u64,
                     datanet: __types::DatanetInfo,
                     config: ::std::string::String,
+                ) -> ::std::result::Result<(), ::std::string::String> {
+                    $crate::validator::configure::<$ty>(context, datanet, config)
+                }
+
+                fn validate(
+                    context: u64,
                     batch: __types::RecordBatch,
                 ) -> ::std::result::Result<__wit::Verdicts, ::std::string::String> {
-                    $crate::validator::run::<$ty>(datanet, config, batch)
+                    $crate::validator::run::<$ty>(context, batch)
                 }
             }
 

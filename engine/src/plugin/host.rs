@@ -64,7 +64,13 @@ pub struct HostState {
     /// Key-value state during a call.
     pub(crate) state: Option<StateView>,
     log_lines: u32,
+    /// Validator contexts this instance was configured with, oldest first, kept in step
+    /// with the SDK's own list (the same cap, the same eviction).
+    contexts: Vec<u64>,
 }
+
+/// Contexts an instance keeps, as the SDK does.
+const MAX_CONTEXTS: usize = 64;
 
 /// What every instance of one plugin shares.
 #[derive(Clone)]
@@ -110,7 +116,20 @@ impl HostState {
             denied: None,
             state: None,
             log_lines: 0,
+            contexts: Vec::new(),
         })
+    }
+
+    pub(crate) fn is_configured(&self, context: u64) -> bool {
+        self.contexts.contains(&context)
+    }
+
+    pub(crate) fn configured(&mut self, context: u64) {
+        self.contexts.retain(|c| *c != context);
+        if self.contexts.len() >= MAX_CONTEXTS {
+            self.contexts.remove(0);
+        }
+        self.contexts.push(context);
     }
 
     /// Clears what one call leaves behind, before the next.

@@ -17,6 +17,24 @@ use crate::datanet::validate::{
 };
 use crate::datanet::Datanet;
 
+/// The context a Datanet and config are configured under in an instance: equal inputs,
+/// equal id.
+fn context_id(info: &types::DatanetInfo, config: &str) -> u64 {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(info.id.as_bytes());
+    for f in &info.fields {
+        hasher.update(&[0, f.type_ as u8, u8::from(f.required)]);
+        hasher.update(f.name.as_bytes());
+    }
+    hasher.update(&info.text_field.to_le_bytes());
+    hasher.update(&[1]);
+    hasher.update(config.as_bytes());
+    let digest = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_bytes()[..8]);
+    u64::from_le_bytes(first)
+}
+
 /// What the plugin is told about a Datanet.
 pub fn datanet_info(datanet: &Datanet) -> types::DatanetInfo {
     let schema = &datanet.spec.schema;
@@ -59,10 +77,15 @@ fn fill_strings(array: &arrow::array::StringArray, out: &mut types::StringColumn
         .extend(offsets.iter().map(|o| (*o as usize - first) as u32));
 }
 
-fn fill_present(array: &dyn Array, out: &mut Vec<bool>) {
-    out.clear();
-    if let Some(nulls) = array.logical_nulls().filter(|n| n.null_count() > 0) {
-        out.extend(nulls.iter());
+fn fill_present(array: &dyn Array, out: &mut Option<Vec<bool>>) {
+    match array.logical_nulls().filter(|n| n.null_count() > 0) {
+        Some(nulls) => {
+            let mut v = out.take().unwrap_or_default();
+            v.clear();
+            v.extend(nulls.iter());
+            *out = Some(v);
+        }
+        None => *out = None,
     }
 }
 
@@ -93,7 +116,7 @@ pub fn pack_into(datanet: &Datanet, batch: &RecordBatch, out: &mut types::Record
         if out.columns.len() <= i {
             out.columns.push(types::Column {
                 values: types::ColumnValues::Int64(Vec::new()),
-                present: Vec::new(),
+                present: None,
             });
         }
         let column = &mut out.columns[i];
@@ -218,6 +241,7 @@ impl WasmValidator {
         state: &mut StateChanges,
     ) -> Result<wit::Verdicts, PluginError> {
         let info = datanet_info(datanet);
+        let context = context_id(&info, config);
         let mut packed = self
             .spare
             .lock()
@@ -228,14 +252,20 @@ impl WasmValidator {
                 columns: Vec::new(),
             });
         pack_into(datanet, batch, &mut packed);
-        let answer = self
-            .plugin
-            .call("validate", state, |store, bound| match bound {
-                Bound::Validator(v) => v
-                    .tributary_plugins_validation()
-                    .call_validate(store, &info, config, &packed),
-                _ => Err(wasmtime::Error::msg("not a validator")),
-            });
+        let answer = self.plugin.call("validate", state, |store, bound| {
+            let Bound::Validator(v) = bound else {
+                return Err(wasmtime::Error::msg("not a validator"));
+            };
+            let guest = v.tributary_plugins_validation();
+            // An instance learns a Datanet's schema and config once, not with every batch.
+            if !store.data().is_configured(context) {
+                if let Err(message) = guest.call_configure(&mut *store, context, &info, config)? {
+                    return Ok(Err(format!("config: {message}")));
+                }
+                store.data_mut().configured(context);
+            }
+            guest.call_validate(store, context, &packed)
+        });
         let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
         if spare.len() < 4 {
             spare.push(packed);
