@@ -263,12 +263,9 @@ fn near_dup_state_persists_with_batches_and_not_with_refused_ones() {
     );
 }
 
-/// Calls the hostile validator directly with `attack`.
-fn attack(plugins: &Plugins, datanet: &Datanet, name: &str) -> Result<usize, PluginError> {
-    let plugin = plugins
-        .get_kind("hostile", PluginKind::Validator)
-        .expect("hostile");
-    let batch = RecordBatch::try_new(
+/// One record of the notes schema.
+fn one_note(datanet: &Datanet) -> RecordBatch {
+    RecordBatch::try_new(
         datanet.spec.schema.arrow_schema(),
         vec![
             Arc::new(arrow::array::StringArray::from(vec!["a note"])),
@@ -282,7 +279,15 @@ fn attack(plugins: &Plugins, datanet: &Datanet, name: &str) -> Result<usize, Plu
             )),
         ],
     )
-    .expect("batch");
+    .expect("batch")
+}
+
+/// Calls the hostile validator directly with `attack`.
+fn attack(plugins: &Plugins, datanet: &Datanet, name: &str) -> Result<usize, PluginError> {
+    let plugin = plugins
+        .get_kind("hostile", PluginKind::Validator)
+        .expect("hostile");
+    let batch = one_note(datanet);
     let config = serde_json::json!({ "attack": name }).to_string();
     WasmValidator::new(plugin)
         .call(datanet, &config, &batch, &mut StateChanges::default())
@@ -548,21 +553,7 @@ fn probe(plugins: &Plugins, datanet: &Datanet, config: serde_json::Value) -> Str
     let plugin = plugins
         .get_kind("hostile", PluginKind::Validator)
         .expect("hostile");
-    let batch = RecordBatch::try_new(
-        datanet.spec.schema.arrow_schema(),
-        vec![
-            Arc::new(arrow::array::StringArray::from(vec!["a note"])),
-            Arc::new(arrow::array::ListArray::new_null(
-                Arc::new(arrow::datatypes::Field::new(
-                    "item",
-                    arrow::datatypes::DataType::Utf8,
-                    true,
-                )),
-                1,
-            )),
-        ],
-    )
-    .expect("batch");
+    let batch = one_note(datanet);
     WasmValidator::new(plugin)
         .call(
             datanet,

@@ -19,14 +19,16 @@ use crate::datanet::Datanet;
 
 /// The context a Datanet and config are configured under in an instance: equal inputs,
 /// equal id.
-fn context_id(info: &types::DatanetInfo, config: &str) -> u64 {
+fn context_id(datanet: &Datanet, config: &str) -> u64 {
+    let schema = &datanet.spec.schema;
     let mut hasher = blake3::Hasher::new();
-    hasher.update(info.id.as_bytes());
-    for f in &info.fields {
-        hasher.update(&[0, f.type_ as u8, u8::from(f.required)]);
+    hasher.update(datanet.spec.id.as_bytes());
+    for f in &schema.fields {
+        hasher.update(&[0, f.field_type.tag(), u8::from(f.required)]);
         hasher.update(f.name.as_bytes());
     }
-    hasher.update(&info.text_field.to_le_bytes());
+    hasher.update(&[1]);
+    hasher.update(schema.text_field.as_bytes());
     hasher.update(&[1]);
     hasher.update(config.as_bytes());
     let digest = hasher.finalize();
@@ -240,8 +242,7 @@ impl WasmValidator {
         batch: &RecordBatch,
         state: &mut StateChanges,
     ) -> Result<wit::Verdicts, PluginError> {
-        let info = datanet_info(datanet);
-        let context = context_id(&info, config);
+        let context = context_id(datanet, config);
         let mut packed = self
             .spare
             .lock()
@@ -259,6 +260,7 @@ impl WasmValidator {
             let guest = v.tributary_plugins_validation();
             // An instance learns a Datanet's schema and config once, not with every batch.
             if !store.data().is_configured(context) {
+                let info = datanet_info(datanet);
                 if let Err(message) = guest.call_configure(&mut *store, context, &info, config)? {
                     return Ok(Err(format!("config: {message}")));
                 }
