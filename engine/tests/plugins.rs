@@ -706,3 +706,21 @@ fn installed_plugins_come_back_from_the_artifact_cache_after_a_restart() {
     .expect("contribute");
     assert_eq!((batch.accepted, batch.invalid), (1, 1));
 }
+
+#[test]
+fn plugin_state_stops_growing_at_its_limit() {
+    let s = setup("[plugins.hostile]\ngrant = [\"kv\"]\n");
+    let manifest = std::fs::read_to_string(Path::new(artifacts::HOSTILE.dir).join("plugin.toml"))
+        .expect("manifest")
+        .replace("[limits]\n", "[limits]\nkv_mb = 4\n");
+    let wasm = std::fs::read(artifacts::HOSTILE.component).expect("component");
+    s.plugins.install(&manifest, &wasm).expect("install");
+    let datanet = create(&s.datanets, serde_json::json!([]));
+    let err = attack(&s.plugins, &datanet, "kv-flood").expect_err("floods its state");
+    assert!(matches!(err, PluginError::Failed { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("the plugin's state would grow past its limit of 4 MiB"),
+        "{err}"
+    );
+}

@@ -326,7 +326,7 @@ impl Datanets {
         }
         write.put_json(CF_BATCHES, batch_key(id, batch_id), &batch)?;
         // Validator state lands with the batch it judged, or not at all.
-        dedup.state.write_to(&mut write);
+        dedup.state.write_to(&self.store, &mut write)?;
         write.put_json(CF_CATALOG, datanet_key(id), &datanet)?;
         let persisted = started.elapsed();
         write.commit()?;

@@ -245,19 +245,24 @@ impl kv::Host for HostState {
 
     fn set(&mut self, key: Vec<u8>, value: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
         self.require(Capability::Kv)?;
-        let (plugin, cap) = (self.plugin.clone(), self.kv_cap);
+        let (plugin, cap) = (self.plugin.clone(), self.kv_cap as i64);
         let Some(state) = &mut self.state else {
             return Ok(Err("no state in this call".into()));
         };
-        let size = key.len() + value.len();
-        if state.written + size > cap {
+        let old = state
+            .get(&plugin, &key)?
+            .map_or(0, |v| (key.len() + v.len()) as i64);
+        let growth = (key.len() + value.len()) as i64 - old;
+        let size = super::state::stored_size(&state.store, &plugin)? as i64
+            + state.earlier.growth(&plugin)
+            + state.call.growth(&plugin);
+        if growth > 0 && size + growth > cap {
             return Ok(Err(format!(
-                "this call would write more than the state limit of {} MiB",
+                "the plugin's state would grow past its limit of {} MiB",
                 cap >> 20
             )));
         }
-        state.written += size;
-        state.call.set(&plugin, key, Some(value));
+        state.call.set(&plugin, key, Some(value), growth);
         Ok(Ok(()))
     }
 
@@ -265,7 +270,10 @@ impl kv::Host for HostState {
         self.require(Capability::Kv)?;
         let plugin = self.plugin.clone();
         if let Some(state) = &mut self.state {
-            state.call.set(&plugin, key, None);
+            let old = state
+                .get(&plugin, &key)?
+                .map_or(0, |v| (key.len() + v.len()) as i64);
+            state.call.set(&plugin, key, None, -old);
         }
         Ok(())
     }

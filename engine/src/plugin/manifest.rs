@@ -88,7 +88,7 @@ pub struct Limits {
     pub memory_mb: u64,
     /// Bytes one call may answer.
     pub output_kb: u64,
-    /// Bytes of key-value state one call may write.
+    /// Size of the plugin's key-value state (keys and values), in MiB.
     pub kv_mb: u64,
     /// Instances kept ready, so concurrent calls do not queue behind one.
     pub instances: u32,

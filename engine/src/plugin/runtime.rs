@@ -412,7 +412,6 @@ impl LoadedPlugin {
                 store: self.db.clone(),
                 earlier: std::mem::take(state),
                 call: StateChanges::default(),
-                written: 0,
             });
         }
         let outcome = f(&mut ready.store, &ready.bound);
