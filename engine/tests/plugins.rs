@@ -2,15 +2,14 @@
 //! ingest path (rejections, quality, rewrites, state), reward policies and ledger adapters,
 //! and hostile plugins that must fail their call and nothing else.
 
-use std::io::Cursor;
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::Float64Type;
-use tributary::datanet::contribute::Contribution;
-use tributary::datanet::ingest::{Input, InputFormat};
 use tributary::plugin::ledger::{self, Settlement};
 use tributary::plugin::reward::{self, Distribution, Entry, Penalty};
 use tributary::plugin::state::StateChanges;
@@ -65,18 +64,7 @@ fn create(datanets: &Datanets, validators: serde_json::Value) -> Datanet {
 
 fn contribute(datanets: &Datanets, rows: &str) -> Result<Batch, DatanetError> {
     let key = Key::generate();
-    let datanet = datanets.get("notes")?;
-    let input = || Input::Stream(Box::new(Cursor::new(rows.as_bytes().to_vec())));
-    let root = Datanets::commitment(&datanet, InputFormat::Jsonl, input())?.root;
-    datanets.contribute(
-        "notes",
-        Contribution {
-            format: InputFormat::Jsonl,
-            contributor: key.address(),
-            signature: key.sign_personal(&root),
-        },
-        input(),
-    )
+    common::contribute_jsonl(datanets, "notes", rows, &key, &key)
 }
 
 fn exported(datanets: &Datanets) -> Vec<RecordBatch> {
@@ -235,24 +223,15 @@ fn near_dup_state_persists_with_batches_and_not_with_refused_ones() {
     // A refused batch (its signature is wrong) leaves no state: the text it carried is new
     // to the Datanet afterwards.
     let fresh = "a third note on tidal patterns along the northern coast in the winter months";
-    let datanet = s.datanets.get("notes").expect("get");
     let rows = format!("{{\"text\": \"{fresh}\"}}\n");
-    let input = || Input::Stream(Box::new(Cursor::new(rows.as_bytes().to_vec())));
-    let root = Datanets::commitment(&datanet, InputFormat::Jsonl, input())
-        .expect("root")
-        .root;
-    let err = s
-        .datanets
-        .contribute(
-            "notes",
-            Contribution {
-                format: InputFormat::Jsonl,
-                contributor: Key::generate().address(),
-                signature: Key::generate().sign_personal(&root),
-            },
-            input(),
-        )
-        .expect_err("wrong signer");
+    let err = common::contribute_jsonl(
+        &s.datanets,
+        "notes",
+        &rows,
+        &Key::generate(),
+        &Key::generate(),
+    )
+    .expect_err("wrong signer");
     assert!(matches!(err, DatanetError::SignerMismatch { .. }), "{err}");
     let batch = contribute(&s.datanets, &rows).expect("fresh");
     assert_eq!(

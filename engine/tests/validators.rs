@@ -1,13 +1,12 @@
 //! The validation hook: a validator in the chain rejects rows with a reason and scores the rest,
 //! and the scores land in the `_quality` column; a failing validator stores nothing.
 
-use std::io::Cursor;
 use std::sync::Arc;
+
+mod common;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::Float64Type;
-use tributary::datanet::contribute::Contribution;
-use tributary::datanet::ingest::{Input, InputFormat};
 use tributary::datanet::validate::{
     Validation, Validator, ValidatorChain, ValidatorError, Verdict,
 };
@@ -88,18 +87,7 @@ fn notes_with(validator: Arc<dyn Validator>) -> (tempfile::TempDir, Datanets) {
 
 fn contribute(datanets: &Datanets) -> Result<tributary::Batch, DatanetError> {
     let key = Key::generate();
-    let datanet = datanets.get("notes")?;
-    let input = || Input::Stream(Box::new(Cursor::new(ROWS.as_bytes().to_vec())));
-    let root = Datanets::commitment(&datanet, InputFormat::Jsonl, input())?.root;
-    datanets.contribute(
-        "notes",
-        Contribution {
-            format: InputFormat::Jsonl,
-            contributor: key.address(),
-            signature: key.sign_personal(&root),
-        },
-        input(),
-    )
+    common::contribute_jsonl(datanets, "notes", ROWS, &key, &key)
 }
 
 #[test]

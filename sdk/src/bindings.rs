@@ -23,62 +23,48 @@ wit_bindgen::generate!({
 
 pub use self::tributary::plugins::{config, http, kv, log, signer, types};
 
+/// The bindings of one plugin world, reusing the capabilities generated above.
+macro_rules! plugin_world {
+    ($world:literal, $module:literal) => {
+        wit_bindgen::generate!({
+            path: "../wit/0.1.0",
+            world: $world,
+            runtime_path: "::tributary_sdk::__private::wit_bindgen::rt",
+            with: {
+                "tributary:plugins/types@0.1.0": crate::bindings::types,
+                "tributary:plugins/log@0.1.0": crate::bindings::log,
+                "tributary:plugins/config@0.1.0": crate::bindings::config,
+                "tributary:plugins/kv@0.1.0": crate::bindings::kv,
+                "tributary:plugins/signer@0.1.0": crate::bindings::signer,
+                "tributary:plugins/http@0.1.0": crate::bindings::http,
+            },
+            export_macro_name: "export_world",
+            pub_export_macro: true,
+            default_bindings_module: $module,
+        });
+    };
+}
+
 #[cfg(feature = "validator")]
 pub mod validator {
-    wit_bindgen::generate!({
-        path: "../wit/0.1.0",
-        world: "tributary:plugins/validator@0.1.0",
-        runtime_path: "::tributary_sdk::__private::wit_bindgen::rt",
-        with: {
-            "tributary:plugins/types@0.1.0": crate::bindings::types,
-            "tributary:plugins/log@0.1.0": crate::bindings::log,
-            "tributary:plugins/config@0.1.0": crate::bindings::config,
-            "tributary:plugins/kv@0.1.0": crate::bindings::kv,
-            "tributary:plugins/signer@0.1.0": crate::bindings::signer,
-            "tributary:plugins/http@0.1.0": crate::bindings::http,
-        },
-        export_macro_name: "export_world",
-        pub_export_macro: true,
-        default_bindings_module: "::tributary_sdk::__private::validator",
-    });
+    plugin_world!(
+        "tributary:plugins/validator@0.1.0",
+        "::tributary_sdk::__private::validator"
+    );
 }
 
 #[cfg(feature = "reward-policy")]
 pub mod reward_policy {
-    wit_bindgen::generate!({
-        path: "../wit/0.1.0",
-        world: "tributary:plugins/reward-policy@0.1.0",
-        runtime_path: "::tributary_sdk::__private::wit_bindgen::rt",
-        with: {
-            "tributary:plugins/types@0.1.0": crate::bindings::types,
-            "tributary:plugins/log@0.1.0": crate::bindings::log,
-            "tributary:plugins/config@0.1.0": crate::bindings::config,
-            "tributary:plugins/kv@0.1.0": crate::bindings::kv,
-            "tributary:plugins/signer@0.1.0": crate::bindings::signer,
-            "tributary:plugins/http@0.1.0": crate::bindings::http,
-        },
-        export_macro_name: "export_world",
-        pub_export_macro: true,
-        default_bindings_module: "::tributary_sdk::__private::reward_policy",
-    });
+    plugin_world!(
+        "tributary:plugins/reward-policy@0.1.0",
+        "::tributary_sdk::__private::reward_policy"
+    );
 }
 
 #[cfg(feature = "ledger-adapter")]
 pub mod ledger_adapter {
-    wit_bindgen::generate!({
-        path: "../wit/0.1.0",
-        world: "tributary:plugins/ledger-adapter@0.1.0",
-        runtime_path: "::tributary_sdk::__private::wit_bindgen::rt",
-        with: {
-            "tributary:plugins/types@0.1.0": crate::bindings::types,
-            "tributary:plugins/log@0.1.0": crate::bindings::log,
-            "tributary:plugins/config@0.1.0": crate::bindings::config,
-            "tributary:plugins/kv@0.1.0": crate::bindings::kv,
-            "tributary:plugins/signer@0.1.0": crate::bindings::signer,
-            "tributary:plugins/http@0.1.0": crate::bindings::http,
-        },
-        export_macro_name: "export_world",
-        pub_export_macro: true,
-        default_bindings_module: "::tributary_sdk::__private::ledger_adapter",
-    });
+    plugin_world!(
+        "tributary:plugins/ledger-adapter@0.1.0",
+        "::tributary_sdk::__private::ledger_adapter"
+    );
 }

@@ -11,10 +11,10 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, ListBuilder,
-    RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+    Array, ArrayRef, AsArray, BooleanBuilder, ListBuilder, PrimitiveArray, RecordBatch,
+    StringBuilder,
 };
-use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
+use arrow::datatypes::{ArrowPrimitiveType, Float64Type, Int64Type, TimestampMicrosecondType};
 
 use super::ingest::{Chunk, ErrorReport};
 use super::schema::{DatanetSchema, FieldType, TIMEZONE};
@@ -247,6 +247,24 @@ pub fn apply_rewrites(
     RecordBatch::try_new(batch.schema(), columns).map_err(|e| e.to_string())
 }
 
+/// A primitive column with the `changed` cells replaced: `value` reads a rewrite's value, and
+/// a rewrite it cannot read (null) becomes a null.
+fn rebuild_primitive<T: ArrowPrimitiveType>(
+    old: &ArrayRef,
+    changed: &[Option<&FieldValue>],
+    value: impl Fn(&FieldValue) -> Option<T::Native>,
+) -> PrimitiveArray<T> {
+    let old = old.as_primitive::<T>();
+    changed
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match c {
+            Some(v) => value(v),
+            None => old.is_valid(i).then(|| old.value(i)),
+        })
+        .collect()
+}
+
 /// A column with the `changed` cells replaced (types already checked).
 fn rebuild(t: FieldType, old: &ArrayRef, changed: &[Option<&FieldValue>]) -> ArrayRef {
     let rows = changed.len();
@@ -264,48 +282,31 @@ fn rebuild(t: FieldType, old: &ArrayRef, changed: &[Option<&FieldValue>]) -> Arr
             }
             Arc::new(b.finish())
         }
-        FieldType::Int64 => {
-            let old = old.as_primitive::<Int64Type>();
-            let mut b = Int64Builder::with_capacity(rows);
-            for (i, c) in changed.iter().enumerate() {
-                match c {
-                    Some(FieldValue::Int64(v)) => b.append_value(*v),
-                    Some(_) => b.append_null(),
-                    None => b.append_option(old.is_valid(i).then(|| old.value(i))),
-                }
-            }
-            Arc::new(b.finish())
-        }
-        FieldType::Float64 => {
-            let old = old.as_primitive::<Float64Type>();
-            let mut b = Float64Builder::with_capacity(rows);
-            for (i, c) in changed.iter().enumerate() {
-                match c {
-                    Some(FieldValue::Float64(v)) => b.append_value(*v),
-                    Some(_) => b.append_null(),
-                    None => b.append_option(old.is_valid(i).then(|| old.value(i))),
-                }
-            }
-            Arc::new(b.finish())
-        }
+        FieldType::Int64 => Arc::new(rebuild_primitive::<Int64Type>(old, changed, |v| match v {
+            FieldValue::Int64(v) => Some(*v),
+            _ => None,
+        })),
+        FieldType::Float64 => Arc::new(rebuild_primitive::<Float64Type>(
+            old,
+            changed,
+            |v| match v {
+                FieldValue::Float64(v) => Some(*v),
+                _ => None,
+            },
+        )),
+        FieldType::Timestamp => Arc::new(
+            rebuild_primitive::<TimestampMicrosecondType>(old, changed, |v| match v {
+                FieldValue::Timestamp(v) => Some(*v),
+                _ => None,
+            })
+            .with_timezone(TIMEZONE),
+        ),
         FieldType::Bool => {
             let old = old.as_boolean();
             let mut b = BooleanBuilder::with_capacity(rows);
             for (i, c) in changed.iter().enumerate() {
                 match c {
                     Some(FieldValue::Bool(v)) => b.append_value(*v),
-                    Some(_) => b.append_null(),
-                    None => b.append_option(old.is_valid(i).then(|| old.value(i))),
-                }
-            }
-            Arc::new(b.finish())
-        }
-        FieldType::Timestamp => {
-            let old = old.as_primitive::<TimestampMicrosecondType>();
-            let mut b = TimestampMicrosecondBuilder::with_capacity(rows).with_timezone(TIMEZONE);
-            for (i, c) in changed.iter().enumerate() {
-                match c {
-                    Some(FieldValue::Timestamp(v)) => b.append_value(*v),
                     Some(_) => b.append_null(),
                     None => b.append_option(old.is_valid(i).then(|| old.value(i))),
                 }

@@ -9,36 +9,31 @@ pub mod validator {
     });
 }
 
+/// The host bindings of a world that reuses the validator world's shared interfaces.
+macro_rules! world_reusing_shared {
+    ($world:literal) => {
+        wasmtime::component::bindgen!({
+            path: "../wit/0.1.0",
+            world: $world,
+            imports: { default: trappable },
+            with: {
+                "tributary:plugins/types": super::validator::tributary::plugins::types,
+                "tributary:plugins/log": super::validator::tributary::plugins::log,
+                "tributary:plugins/config": super::validator::tributary::plugins::config,
+                "tributary:plugins/kv": super::validator::tributary::plugins::kv,
+                "tributary:plugins/signer": super::validator::tributary::plugins::signer,
+                "tributary:plugins/http": super::validator::tributary::plugins::http,
+            },
+        });
+    };
+}
+
 pub mod reward_policy {
-    wasmtime::component::bindgen!({
-        path: "../wit/0.1.0",
-        world: "tributary:plugins/reward-policy",
-        imports: { default: trappable },
-        with: {
-            "tributary:plugins/types": super::validator::tributary::plugins::types,
-            "tributary:plugins/log": super::validator::tributary::plugins::log,
-            "tributary:plugins/config": super::validator::tributary::plugins::config,
-            "tributary:plugins/kv": super::validator::tributary::plugins::kv,
-            "tributary:plugins/signer": super::validator::tributary::plugins::signer,
-            "tributary:plugins/http": super::validator::tributary::plugins::http,
-        },
-    });
+    world_reusing_shared!("tributary:plugins/reward-policy");
 }
 
 pub mod ledger_adapter {
-    wasmtime::component::bindgen!({
-        path: "../wit/0.1.0",
-        world: "tributary:plugins/ledger-adapter",
-        imports: { default: trappable },
-        with: {
-            "tributary:plugins/types": super::validator::tributary::plugins::types,
-            "tributary:plugins/log": super::validator::tributary::plugins::log,
-            "tributary:plugins/config": super::validator::tributary::plugins::config,
-            "tributary:plugins/kv": super::validator::tributary::plugins::kv,
-            "tributary:plugins/signer": super::validator::tributary::plugins::signer,
-            "tributary:plugins/http": super::validator::tributary::plugins::http,
-        },
-    });
+    world_reusing_shared!("tributary:plugins/ledger-adapter");
 }
 
 pub use validator::tributary::plugins::{config, http, kv, log, signer, types};

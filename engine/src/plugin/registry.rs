@@ -43,16 +43,21 @@ pub struct PluginInfo {
     pub installed_at: DateTime<Utc>,
 }
 
+/// One installed plugin, ready to call.
+struct Installed {
+    info: PluginInfo,
+    loaded: Arc<LoadedPlugin>,
+    /// For validators, the plugin as ingest calls it, kept so its packing buffers are reused.
+    validator: Option<Arc<WasmValidator>>,
+}
+
 /// The installed plugins.
 pub struct Plugins {
     runtime: PluginRuntime,
     grants: Grants,
     store: Arc<Store>,
     dir: PathBuf,
-    loaded: RwLock<HashMap<String, Arc<LoadedPlugin>>>,
-    /// Validator plugins as ingest calls them, kept so their packing buffers are reused.
-    validators: RwLock<HashMap<String, Arc<WasmValidator>>>,
-    infos: RwLock<HashMap<String, PluginInfo>>,
+    installed: RwLock<HashMap<String, Installed>>,
 }
 
 impl Plugins {
@@ -72,9 +77,7 @@ impl Plugins {
             grants,
             store,
             dir,
-            loaded: RwLock::new(HashMap::new()),
-            validators: RwLock::new(HashMap::new()),
-            infos: RwLock::new(HashMap::new()),
+            installed: RwLock::new(HashMap::new()),
         };
         let mut installed: Vec<PluginInfo> = Vec::new();
         plugins.store.for_each_prefix(CF_PLUGINS, b"", |_, value| {
@@ -108,23 +111,30 @@ impl Plugins {
     }
 
     fn remember(&self, info: PluginInfo, loaded: LoadedPlugin) {
-        let id = info.id.clone();
         let loaded = Arc::new(loaded);
-        let mut validators = self.validators.write().unwrap_or_else(|p| p.into_inner());
-        if info.kind == PluginKind::Validator {
-            validators.insert(id.clone(), Arc::new(WasmValidator::new(loaded.clone())));
-        } else {
-            validators.remove(&id);
-        }
-        drop(validators);
-        self.loaded
+        let validator = (info.kind == PluginKind::Validator)
+            .then(|| Arc::new(WasmValidator::new(loaded.clone())));
+        self.installed
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), loaded);
-        self.infos
-            .write()
+            .insert(
+                info.id.clone(),
+                Installed {
+                    info,
+                    loaded,
+                    validator,
+                },
+            );
+    }
+
+    /// What `f` reads of plugin `id`, or `NotFound`.
+    fn with<T>(&self, id: &str, f: impl FnOnce(&Installed) -> T) -> Result<T, PluginError> {
+        self.installed
+            .read()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, info);
+            .get(id)
+            .map(f)
+            .ok_or_else(|| PluginError::NotFound(id.to_string()))
     }
 
     /// Installs (or upgrades) a plugin from its manifest and component. Nothing is written
@@ -169,32 +179,22 @@ impl Plugins {
 
     pub fn list(&self) -> Vec<PluginInfo> {
         let mut all: Vec<PluginInfo> = self
-            .infos
+            .installed
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .cloned()
+            .map(|i| i.info.clone())
             .collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));
         all
     }
 
     pub fn info(&self, id: &str) -> Result<PluginInfo, PluginError> {
-        self.infos
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
-            .ok_or_else(|| PluginError::NotFound(id.to_string()))
+        self.with(id, |i| i.info.clone())
     }
 
     pub fn get(&self, id: &str) -> Result<Arc<LoadedPlugin>, PluginError> {
-        self.loaded
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
-            .ok_or_else(|| PluginError::NotFound(id.to_string()))
+        self.with(id, |i| i.loaded.clone())
     }
 
     /// The plugin `id`, which must be of `kind`.
@@ -216,15 +216,7 @@ impl Plugins {
         let mut batch = self.store.batch();
         batch.delete(CF_PLUGINS, id.as_bytes());
         batch.commit()?;
-        self.loaded
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-        self.validators
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-        self.infos
+        self.installed
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
@@ -251,15 +243,9 @@ impl Plugins {
 impl ValidatorResolver for Plugins {
     fn resolve(&self, plugin: &str) -> Result<Arc<dyn Validator>, ValidatorError> {
         self.get_kind(plugin, PluginKind::Validator)
-            .and_then(|_| {
-                self.validators
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(plugin)
-                    .cloned()
-                    .map(|v| v as Arc<dyn Validator>)
-                    .ok_or_else(|| PluginError::NotFound(plugin.to_string()))
-            })
+            .and_then(|_| self.with(plugin, |i| i.validator.clone()))
+            .and_then(|v| v.ok_or_else(|| PluginError::NotFound(plugin.to_string())))
+            .map(|v| v as Arc<dyn Validator>)
             .map_err(|e| ValidatorError {
                 validator: plugin.to_string(),
                 message: e.to_string(),

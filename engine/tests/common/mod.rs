@@ -155,3 +155,28 @@ pub fn example_spec() -> serde_json::Value {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// Contributes JSON Lines `rows` to Datanet `id` through the library, claimed by `key` and
+/// signed by `signer` (the same key, or another one to make a signature mismatch).
+pub fn contribute_jsonl(
+    datanets: &tributary::Datanets,
+    id: &str,
+    rows: &str,
+    key: &tributary::Key,
+    signer: &tributary::Key,
+) -> Result<tributary::Batch, tributary::DatanetError> {
+    use tributary::datanet::contribute::Contribution;
+    use tributary::datanet::ingest::{Input, InputFormat};
+    let datanet = datanets.get(id)?;
+    let input = || Input::Stream(Box::new(std::io::Cursor::new(rows.as_bytes().to_vec())));
+    let root = tributary::Datanets::commitment(&datanet, InputFormat::Jsonl, input())?.root;
+    datanets.contribute(
+        id,
+        Contribution {
+            format: InputFormat::Jsonl,
+            contributor: key.address(),
+            signature: signer.sign_personal(&root),
+        },
+        input(),
+    )
+}

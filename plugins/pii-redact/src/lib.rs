@@ -284,7 +284,7 @@ impl Validator for PiiRedact {
                 ));
             }
             let field = if name.is_empty() {
-                record_text_field(record)
+                record.text_field_name().to_string()
             } else {
                 name.clone()
             };
@@ -292,10 +292,6 @@ impl Validator for PiiRedact {
         }
         verdict
     }
-}
-
-fn record_text_field(record: &Record) -> String {
-    record.text_field_name().to_string()
 }
 
 tributary_sdk::export_validator!(PiiRedact);
