@@ -18,23 +18,20 @@ use crate::datanet::validate::{
 use crate::datanet::Datanet;
 
 /// The context a Datanet and config are configured under in an instance: equal inputs,
-/// equal id.
+/// equal id. The hash is keyed per process (so ids cannot be chosen to collide) and cheap,
+/// since every call computes it.
 fn context_id(datanet: &Datanet, config: &str) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    static KEY: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    let mut h = KEY.get_or_init(std::hash::RandomState::new).build_hasher();
     let schema = &datanet.spec.schema;
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(datanet.spec.id.as_bytes());
+    datanet.spec.id.hash(&mut h);
     for f in &schema.fields {
-        hasher.update(&[0, f.field_type.tag(), u8::from(f.required)]);
-        hasher.update(f.name.as_bytes());
+        (f.field_type.tag(), f.required, &f.name).hash(&mut h);
     }
-    hasher.update(&[1]);
-    hasher.update(schema.text_field.as_bytes());
-    hasher.update(&[1]);
-    hasher.update(config.as_bytes());
-    let digest = hasher.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest.as_bytes()[..8]);
-    u64::from_le_bytes(first)
+    schema.text_field.hash(&mut h);
+    config.hash(&mut h);
+    h.finish()
 }
 
 /// What the plugin is told about a Datanet.
