@@ -53,6 +53,7 @@
 //! ```
 
 pub mod api;
+pub mod attribution;
 pub mod auth;
 pub mod cli;
 pub mod datanet;
