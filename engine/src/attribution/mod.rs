@@ -2,6 +2,7 @@
 //! of an output that occur verbatim in a version's text, through a suffix-array index over
 //! its tokens, and scores the records and contributors they occur in.
 
+pub mod corpus;
 pub mod error;
 pub mod index;
 pub mod tokenizer;

@@ -263,3 +263,102 @@ mod tests {
         assert_eq!(apportion(2, &[1, 0, 1]), vec![1, 0, 1]);
     }
 }
+
+/// A trace as the CLI and the API show it: ids in hex, scores as parts and as fractions.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TraceReport {
+    /// The index the trace was made against.
+    pub index: String,
+    pub output_tokens: usize,
+    pub spans: Vec<SpanReport>,
+    pub records: Vec<RecordReport>,
+    pub contributors: Vec<ContributorReport>,
+    /// What scores are parts of.
+    pub score_unit: u64,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SpanReport {
+    pub start: usize,
+    pub end: usize,
+    /// The span's text, decoded.
+    pub text: String,
+    pub count: u64,
+    pub unigram_logprob: f64,
+    pub occurrences: Vec<OccurrenceReport>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct OccurrenceReport {
+    pub position: u64,
+    pub record_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RecordReport {
+    pub record_id: String,
+    pub contributor: String,
+    pub score: u64,
+    pub share: f64,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ContributorReport {
+    pub contributor: String,
+    pub score: u64,
+    pub share: f64,
+}
+
+impl Trace {
+    pub fn report(
+        &self,
+        index: &Index,
+        output: &[u32],
+        tokenizer: &super::Tokenizer,
+    ) -> TraceReport {
+        let share = |s: u64| s as f64 / SCORE_UNIT as f64;
+        TraceReport {
+            index: index.meta.hash.clone(),
+            output_tokens: output.len(),
+            spans: self
+                .spans
+                .iter()
+                .map(|s| SpanReport {
+                    start: s.start,
+                    end: s.end,
+                    text: tokenizer.decode(&output[s.start..s.end]).unwrap_or_default(),
+                    count: s.count,
+                    unigram_logprob: s.unigram_logprob,
+                    occurrences: s
+                        .occurrences
+                        .iter()
+                        .map(|o| OccurrenceReport {
+                            position: o.position,
+                            record_id: hex::encode(index.record(o.record).id),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            records: self
+                .records
+                .iter()
+                .map(|r| RecordReport {
+                    record_id: hex::encode(r.id),
+                    contributor: r.contributor.to_checksum(),
+                    score: r.score,
+                    share: share(r.score),
+                })
+                .collect(),
+            contributors: self
+                .contributors
+                .iter()
+                .map(|(a, s)| ContributorReport {
+                    contributor: a.to_checksum(),
+                    score: *s,
+                    share: share(*s),
+                })
+                .collect(),
+            score_unit: SCORE_UNIT,
+        }
+    }
+}

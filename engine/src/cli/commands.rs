@@ -50,6 +50,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Records(cmd) => records(&client, cmd),
         Command::Tokens(cmd) => tokens(&client, cmd),
         Command::Plugin(cmd) => super::plugin::run(&client, cmd),
+        Command::Index(cmd) => super::index::run(cmd),
+        Command::Attribute(args) => super::index::attribute(args),
     }
 }
 

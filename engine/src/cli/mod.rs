@@ -5,6 +5,7 @@
 mod client;
 mod commands;
 mod demo;
+mod index;
 mod plugin;
 
 use std::net::SocketAddr;
@@ -74,6 +75,11 @@ pub enum Command {
     /// Install, list, remove, test and scaffold WASM plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Build and query span indexes over a version's text (on this machine, no server).
+    #[command(subcommand)]
+    Index(index::IndexCommand),
+    /// Trace a text to the records of an index it came from, and score them.
+    Attribute(index::AttributeArgs),
 }
 
 #[derive(Debug, Args)]

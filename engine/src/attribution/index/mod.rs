@@ -186,6 +186,21 @@ impl Index {
         &self.dir
     }
 
+    /// The tokenizer the index was built with (a query must be tokenized the same way).
+    pub fn tokenizer(&self) -> Result<super::Tokenizer, AttributionError> {
+        let tokenizer = match self.meta.tokenizer.as_str() {
+            "bytes" => super::Tokenizer::Bytes,
+            _ => super::Tokenizer::from_file(&self.dir.join(TOKENIZER_FILE))?,
+        };
+        if hex::encode(tokenizer.hash()) != self.meta.tokenizer_hash {
+            return Err(AttributionError::index(
+                &self.meta.hash,
+                "its tokenizer does not match the hash it was built with",
+            ));
+        }
+        Ok(tokenizer)
+    }
+
     /// The token stream at width `T` with its suffix array. `T` must be the index's width.
     pub(crate) fn view<T: Token>(&self) -> View<'_, T> {
         let tokens: &[T] = bytemuck::try_cast_slice(&self.tokens).unwrap_or(&[]);
