@@ -28,13 +28,17 @@ use crate::identity::{Address, Signature};
 pub const HEADER_CONTRIBUTOR: &str = "x-tributary-contributor";
 pub const HEADER_SIGNATURE: &str = "x-tributary-signature";
 
-async fn load(app: &AppState, id: &str) -> Result<Datanet, ApiError> {
+pub(crate) async fn load(app: &AppState, id: &str) -> Result<Datanet, ApiError> {
     let datanets = app.datanets.clone();
     let id = id.to_string();
     blocking(move || datanets.get(&id).map_err(ApiError::from)).await
 }
 
-async fn readable(app: &AppState, principal: &Principal, id: &str) -> Result<Datanet, ApiError> {
+pub(crate) async fn readable(
+    app: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> Result<Datanet, ApiError> {
     let datanet = load(app, id).await?;
     principal.can_read(&datanet)?;
     Ok(datanet)

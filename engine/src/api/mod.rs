@@ -2,6 +2,7 @@
 //! `/openapi.json`. Handlers stay thin: check the caller, call [`crate::datanet::service`],
 //! reply.
 
+pub mod attributions;
 pub mod datanets;
 pub mod error;
 pub mod extract;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// The plugin registry; `None` runs without plugins.
     pub plugins: Option<Arc<crate::plugin::Plugins>>,
+    /// Span indexes and attribution records.
+    pub attributions: Arc<crate::attribution::service::Attributions>,
 }
 
 /// Runs blocking library work off the async workers.
@@ -109,6 +112,20 @@ pub fn router(state: AppState) -> Router {
             "/v1/datanets/{id}/versions/{v}/proofs/{record}",
             get(datanets::proof),
         )
+        .route(
+            "/v1/datanets/{id}/versions/{v}/indexes",
+            post(attributions::build),
+        )
+        .route("/v1/indexes", get(attributions::list))
+        .route("/v1/indexes/{hash}", get(attributions::get))
+        .route(
+            "/v1/indexes/{hash}/attribute",
+            post(attributions::attribute),
+        )
+        .route("/v1/attributions/{id}", get(attributions::get_attribution))
+        .route("/v1/attributions/{id}/verify", post(attributions::verify))
+        .route("/v1/attributions/{id}/proof", get(attributions::proof))
+        .route("/v1/epochs/close", post(attributions::close_epoch))
         .route("/v1/tokens", post(tokens::create))
         .route(
             "/v1/plugins/{id}",

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{datanets, plugins, tokens};
+use super::{attributions, datanets, plugins, tokens};
 
 struct BearerAuth;
 
@@ -19,7 +19,7 @@ impl Modify for BearerAuth {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Tributary", description = "Datanets, signed contributions and versions, and the WASM plugins that validate them. Errors are application/problem+json."),
+    info(title = "Tributary", description = "Datanets, signed contributions and versions, the WASM plugins that validate them, and span attribution of outputs to the records they came from. Errors are application/problem+json."),
     paths(
         datanets::create, datanets::list, datanets::get, datanets::update,
         datanets::contribute, datanets::list_batches, datanets::get_batch, datanets::review,
@@ -27,6 +27,9 @@ impl Modify for BearerAuth {
         datanets::publish, datanets::list_versions, datanets::get_version, datanets::proof,
         datanets::export, tokens::create,
         plugins::install, plugins::list, plugins::get, plugins::remove,
+        attributions::build, attributions::list, attributions::get, attributions::attribute,
+        attributions::get_attribution, attributions::verify, attributions::proof,
+        attributions::close_epoch,
     ),
     modifiers(&BearerAuth)
 )]

@@ -29,7 +29,8 @@ fn corpus_error(path: &Path, message: impl std::fmt::Display) -> AttributionErro
 /// The rows of a Parquet file with `text_field` and the system columns.
 pub fn parquet(path: &Path, text_field: &str) -> Result<Corpus, AttributionError> {
     let file = File::open(path).map_err(|e| corpus_error(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| corpus_error(path, e))?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| corpus_error(path, e))?;
     let total = builder.metadata().file_metadata().num_rows() as u64;
     let reader = builder
         .with_batch_size(8192)

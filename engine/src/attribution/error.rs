@@ -10,7 +10,10 @@ pub enum AttributionError {
     #[error("index {0} does not exist")]
     IndexNotFound(String),
     #[error("{field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error("corpus: {0}")]
     Corpus(String),
     #[error("{0}")]

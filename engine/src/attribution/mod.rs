@@ -5,6 +5,8 @@
 pub mod corpus;
 pub mod error;
 pub mod index;
+pub mod record;
+pub mod service;
 pub mod tokenizer;
 pub mod trace;
 

@@ -182,14 +182,20 @@ mod tests {
             .collect();
         let t = Tokenizer::train_bpe(texts.iter(), 300).expect("train");
         let ids = t.encode("the river delta carries silt").expect("encode");
-        assert!(ids.len() < "the river delta carries silt".len(), "merges were learnt");
+        assert!(
+            ids.len() < "the river delta carries silt".len(),
+            "merges were learnt"
+        );
         assert_eq!(
             t.decode(&ids).expect("decode"),
             "the river delta carries silt"
         );
         let again = Tokenizer::from_json(t.json().expect("json").to_string()).expect("load");
         assert_eq!(again.hash(), t.hash());
-        assert_eq!(again.encode("silt").expect("encode"), t.encode("silt").expect("encode"));
+        assert_eq!(
+            again.encode("silt").expect("encode"),
+            t.encode("silt").expect("encode")
+        );
         assert!(t.vocab_size() <= 300);
         assert!(Tokenizer::train_bpe(texts.iter(), 10).is_err());
     }

@@ -257,7 +257,10 @@ mod tests {
     #[test]
     fn apportion_sums_exactly_and_breaks_ties_early() {
         assert_eq!(apportion(10, &[1, 1, 1]), vec![4, 3, 3]);
-        assert_eq!(apportion(SCORE_UNIT, &[3, 5, 7]).iter().sum::<u64>(), SCORE_UNIT);
+        assert_eq!(
+            apportion(SCORE_UNIT, &[3, 5, 7]).iter().sum::<u64>(),
+            SCORE_UNIT
+        );
         assert_eq!(apportion(7, &[0, 0]), vec![0, 0]);
         assert_eq!(apportion(0, &[2, 3]), vec![0, 0]);
         assert_eq!(apportion(2, &[1, 0, 1]), vec![1, 0, 1]);
@@ -326,7 +329,9 @@ impl Trace {
                 .map(|s| SpanReport {
                     start: s.start,
                     end: s.end,
-                    text: tokenizer.decode(&output[s.start..s.end]).unwrap_or_default(),
+                    text: tokenizer
+                        .decode(&output[s.start..s.end])
+                        .unwrap_or_default(),
                     count: s.count,
                     unigram_logprob: s.unigram_logprob,
                     occurrences: s

@@ -85,7 +85,12 @@ fn serve(args: ServeArgs) -> Result<()> {
     if args.demo {
         super::demo::seed(&datanets, &plugins, &args)?;
     }
+    let attributions = Arc::new(crate::attribution::service::Attributions::new(
+        &args.data_dir,
+        datanets.store().clone(),
+    ));
     let state = AppState {
+        attributions,
         datanets,
         limits: Limits {
             max_upload_bytes: args.max_upload_bytes,

@@ -123,9 +123,9 @@ fn tokenizer(args: &BuildArgs) -> Result<Tokenizer> {
         return Ok(Tokenizer::Bytes);
     }
     if let Some(vocab) = args.tokenizer.strip_prefix("bpe:") {
-        let vocab: u32 = vocab
-            .parse()
-            .with_context(|| format!("--tokenizer {}: {vocab:?} is not a number", args.tokenizer))?;
+        let vocab: u32 = vocab.parse().with_context(|| {
+            format!("--tokenizer {}: {vocab:?} is not a number", args.tokenizer)
+        })?;
         eprintln!("training a byte-level BPE of {vocab} tokens on the corpus");
         let texts = corpus(args)?
             .documents
@@ -152,7 +152,9 @@ fn build(args: BuildArgs) -> Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> ")
     };
-    bar.set_style(style("{msg:>10} [{bar:40}] {pos}/{len} records {per_sec} eta {eta}"));
+    bar.set_style(style(
+        "{msg:>10} [{bar:40}] {pos}/{len} records {per_sec} eta {eta}",
+    ));
     bar.set_message("tokenizing");
     let started = std::time::Instant::now();
     let progress = |p: BuildProgress| match p {
@@ -226,7 +228,9 @@ pub fn run(cmd: IndexCommand) -> Result<()> {
                     .filter(|s| !s.trim().is_empty())
                     .map(|s| s.trim().parse())
                     .collect::<Result<_, _>>()
-                    .with_context(|| format!("{} line {}: not comma-separated ids", path.display(), n + 1))?;
+                    .with_context(|| {
+                        format!("{} line {}: not comma-separated ids", path.display(), n + 1)
+                    })?;
                 writeln!(out, "{}", index.count(&q))?;
             }
             Ok(())

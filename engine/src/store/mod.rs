@@ -30,7 +30,10 @@ pub const CF_META: &str = "meta";
 pub const CF_PLUGIN_STATE: &str = "plugin-state";
 /// Installed plugins: id to the installed manifest and component hash.
 pub const CF_PLUGINS: &str = "plugins";
-const ALL_CFS: [&str; 8] = [
+/// Attribution records (`a/<id>`), request ids (`r/<request>`), epochs (`e/<epoch>/<id>`) and
+/// the closed epochs' roots (`root/<epoch>`).
+pub const CF_ATTRIBUTIONS: &str = "attributions";
+const ALL_CFS: [&str; 9] = [
     CF_CATALOG,
     CF_BATCHES,
     CF_RECORDS,
@@ -39,6 +42,7 @@ const ALL_CFS: [&str; 8] = [
     CF_META,
     CF_PLUGIN_STATE,
     CF_PLUGINS,
+    CF_ATTRIBUTIONS,
 ];
 
 /// Bits per key of the record index's Bloom filter: dedup lookups are mostly misses, and at

@@ -11,8 +11,8 @@ use libsais::{SuffixArrayConstruction, ThreadCount};
 
 use super::layout::{self, Token};
 use super::{
-    IndexMeta, FORMAT, META_FILE, OFFSETS_FILE, RECORDS_FILE, SA_FILE,
-    TOKENIZER_FILE, TOKENS_FILE, UNIGRAMS_FILE,
+    IndexMeta, FORMAT, META_FILE, OFFSETS_FILE, RECORDS_FILE, SA_FILE, TOKENIZER_FILE, TOKENS_FILE,
+    UNIGRAMS_FILE,
 };
 use crate::attribution::{AttributionError, Tokenizer};
 use crate::identity::Address;
@@ -160,7 +160,13 @@ fn suffix_array<T: Token>(tokens: &[T], vocab: u32) -> Result<Vec<i32>, Attribut
             // id as it is in the stored stream, so the order is the same.
             let mut text: Vec<i32> = bytemuck::cast_slice::<T, u32>(tokens)
                 .iter()
-                .map(|&t| if t == u32::MAX { vocab as i32 } else { t as i32 })
+                .map(|&t| {
+                    if t == u32::MAX {
+                        vocab as i32
+                    } else {
+                        t as i32
+                    }
+                })
                 .collect();
             SuffixArrayConstruction::for_text_mut(&mut text)
                 .in_owned_buffer32()
@@ -230,9 +236,17 @@ where
 
     // Files first that free memory before the sort needs it.
     let records_hash = write_file(&dir.join(RECORDS_FILE), &stream.records)?;
-    let offsets: Vec<u8> = stream.offsets.iter().flat_map(|o| o.to_le_bytes()).collect();
+    let offsets: Vec<u8> = stream
+        .offsets
+        .iter()
+        .flat_map(|o| o.to_le_bytes())
+        .collect();
     let offsets_hash = write_file(&dir.join(OFFSETS_FILE), &offsets)?;
-    let unigrams: Vec<u8> = stream.unigrams.iter().flat_map(|c| c.to_le_bytes()).collect();
+    let unigrams: Vec<u8> = stream
+        .unigrams
+        .iter()
+        .flat_map(|c| c.to_le_bytes())
+        .collect();
     let unigrams_hash = write_file(&dir.join(UNIGRAMS_FILE), &unigrams)?;
     let text_tokens = n - stream.offsets.len().saturating_sub(1) as u64;
     let records = stream.offsets.len().saturating_sub(1) as u64;
@@ -282,7 +296,13 @@ where
     };
     meta.hash = content_hash(
         &meta,
-        &[tokens_hash, sa_hash, offsets_hash, records_hash, unigrams_hash],
+        &[
+            tokens_hash,
+            sa_hash,
+            offsets_hash,
+            records_hash,
+            unigrams_hash,
+        ],
     )?;
     let json = serde_json::to_vec_pretty(&meta)
         .map_err(|e| AttributionError::index(&meta.hash, e.to_string()))?;

@@ -417,7 +417,11 @@ mod tests {
         let text_len: usize = TEXTS.iter().map(|t| t.len()).sum();
         assert_eq!(index.meta.text_tokens, text_len as u64);
         assert_eq!(index.meta.tokens, (text_len + TEXTS.len()) as u64);
-        assert_eq!(index.meta.bytes_per_token(), 2, "1-byte tokens, 1-byte pointers");
+        assert_eq!(
+            index.meta.bytes_per_token(),
+            2,
+            "1-byte tokens, 1-byte pointers"
+        );
         // Every substring of every text, and some that occur nowhere.
         let mut checked = 0;
         for t in TEXTS {
@@ -457,7 +461,10 @@ mod tests {
         let next = a.next_tokens(&ids);
         assert_eq!(next.suffix_len, " the co".len());
         assert_eq!(next.count, naive(TEXTS, b" the co"));
-        assert_eq!(next.tokens, vec![(u32::from(b'a'), naive(TEXTS, b" the coa"))]);
+        assert_eq!(
+            next.tokens,
+            vec![(u32::from(b'a'), naive(TEXTS, b" the coa"))]
+        );
     }
 
     #[test]
@@ -476,8 +483,14 @@ mod tests {
             .iter()
             .map(|s| output[s.start..s.end].to_string())
             .collect();
-        assert!(texts.contains(&"silt settles where the current slows".to_string()), "{texts:?}");
-        assert!(texts.iter().any(|t| t.contains("the coast guard")), "{texts:?}");
+        assert!(
+            texts.contains(&"silt settles where the current slows".to_string()),
+            "{texts:?}"
+        );
+        assert!(
+            texts.iter().any(|t| t.contains("the coast guard")),
+            "{texts:?}"
+        );
         for s in &trace.spans {
             assert!(s.end - s.start >= 8);
             assert_eq!(s.count, naive(TEXTS, &output.as_bytes()[s.start..s.end]));
@@ -491,7 +504,10 @@ mod tests {
         assert_eq!(trace.records[0].record, 1);
         // Nothing in common: no spans, no scores.
         let none = index
-            .trace(&"QQQQQQQQQQ".bytes().map(u32::from).collect::<Vec<_>>(), &params)
+            .trace(
+                &"QQQQQQQQQQ".bytes().map(u32::from).collect::<Vec<_>>(),
+                &params,
+            )
             .expect("trace");
         assert!(none.spans.is_empty() && none.records.is_empty());
         let bad = TraceParams {
@@ -504,7 +520,9 @@ mod tests {
     #[test]
     fn bpe_index_counts_token_ngrams() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let many: Vec<String> = (0..50).flat_map(|_| TEXTS.iter().map(|t| t.to_string())).collect();
+        let many: Vec<String> = (0..50)
+            .flat_map(|_| TEXTS.iter().map(|t| t.to_string()))
+            .collect();
         let tokenizer = Tokenizer::train_bpe(many.iter(), 400).expect("train");
         let index = build_index(dir.path(), TEXTS, &tokenizer);
         assert_eq!(index.meta.token_width, 2);
@@ -517,7 +535,11 @@ mod tests {
             .collect();
         let naive: u64 = all
             .iter()
-            .map(|d| d.windows(ids.len()).filter(|w| *w == ids.as_slice()).count() as u64)
+            .map(|d| {
+                d.windows(ids.len())
+                    .filter(|w| *w == ids.as_slice())
+                    .count() as u64
+            })
             .sum();
         assert!(naive > 0);
         assert_eq!(index.count(&ids), naive);

@@ -141,10 +141,7 @@ mod tests {
     fn packed_sa(tokens: &[u8]) -> Vec<u8> {
         let mut sa: Vec<usize> = (0..tokens.len()).collect();
         sa.sort_by(|&a, &b| tokens[a..].cmp(&tokens[b..]));
-        let mut bytes: Vec<u8> = sa
-            .iter()
-            .flat_map(|&p| (p as u32).to_le_bytes())
-            .collect();
+        let mut bytes: Vec<u8> = sa.iter().flat_map(|&p| (p as u32).to_le_bytes()).collect();
         bytes.extend_from_slice(&[0; POINTER_PADDING]);
         bytes
     }
@@ -167,7 +164,17 @@ mod tests {
             tokens: &tokens,
             sa: Pointers::new(&bytes, 4, tokens.len()).expect("sa"),
         };
-        for q in ["a", "abra", "bra", "ana", "xyz", "abracadabrax", "dan", " ", "abba"] {
+        for q in [
+            "a",
+            "abra",
+            "bra",
+            "ana",
+            "xyz",
+            "abracadabrax",
+            "dan",
+            " ",
+            "abba",
+        ] {
             let q = q.as_bytes();
             assert_eq!(view.find(q).len(), naive_count(&tokens, q), "{q:?}");
         }
@@ -179,7 +186,10 @@ mod tests {
         let next = view.next_tokens(range, 2);
         assert_eq!(next, vec![(b'b', 1), (b'r', 4)]);
         let range = view.find(b"bra");
-        assert_eq!(view.next_tokens(range.clone(), 3), vec![(b' ', 1), (b'c', 1)]);
+        assert_eq!(
+            view.next_tokens(range.clone(), 3),
+            vec![(b' ', 1), (b'c', 1)]
+        );
         assert_eq!(view.narrow(b"bra ", range).len(), 1);
     }
 }

@@ -1,0 +1,454 @@
+//! The server's attribution service: span indexes under `<data>/indexes/<hash>` (opened once
+//! and kept), attribution records in RocksDB, and epochs whose record ids are committed to a
+//! keccak256 Merkle root (an OpenZeppelin `StandardMerkleTree` of `bytes32` leaves, as Datanet
+//! versions are) with inclusion proofs.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::index::{self, BuildInput, BuildProgress, IndexMeta};
+use super::record::{output_hash, AttributionRecord};
+use super::trace::TraceParams;
+use super::{corpus, AttributionError, Index, Tokenizer};
+use crate::datanet::parse_hex32;
+use crate::datanet::service::Datanets;
+use crate::merkle::{self, MerkleTree};
+use crate::store::{Store, StoreError, CF_ATTRIBUTIONS};
+
+/// What is kept of an attribution: the record, the output it traced (so that it can be
+/// recomputed) and the epoch it belongs to.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StoredAttribution {
+    pub attribution: AttributionRecord,
+    pub epoch: u64,
+    /// The output's token ids.
+    pub output: Vec<u32>,
+}
+
+/// What a verification found.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Verification {
+    pub id: String,
+    /// Whether recomputing from the pinned index gave the same record.
+    pub matches: bool,
+    /// The id the recomputation gave.
+    pub recomputed: String,
+}
+
+/// A closed epoch.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EpochRoot {
+    pub epoch: u64,
+    /// keccak256 Merkle root of the epoch's attribution ids, 0x hex (zero when empty).
+    pub root: String,
+    pub attributions: u64,
+}
+
+/// Where one attribution sits in its epoch's tree.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AttributionProof {
+    pub id: String,
+    pub epoch: u64,
+    pub root: String,
+    pub leaf: String,
+    pub proof: Vec<String>,
+}
+
+/// Which tokenizer a build uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenizerChoice {
+    Bytes,
+    /// Train a byte-level BPE of this many tokens on the version.
+    Bpe(u32),
+}
+
+impl std::str::FromStr for TokenizerChoice {
+    type Err = AttributionError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "bytes" {
+            return Ok(Self::Bytes);
+        }
+        s.strip_prefix("bpe:")
+            .and_then(|v| v.parse().ok())
+            .map(Self::Bpe)
+            .ok_or_else(|| {
+                AttributionError::invalid("tokenizer", format!("{s:?} is not bytes or bpe:VOCAB"))
+            })
+    }
+}
+
+/// What to attribute.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttributeRequest {
+    /// The inference or request this is for; a second request with the same id gets the
+    /// first record back. Derived from the index, output and parameters when absent.
+    #[serde(default)]
+    pub request_id: Option<String>,
+    /// The output as text (tokenized with the index's tokenizer) ...
+    #[serde(default)]
+    pub text: Option<String>,
+    /// ... or as token ids.
+    #[serde(default)]
+    pub ids: Option<Vec<u32>>,
+    #[serde(flatten)]
+    pub params: TraceParamsInput,
+}
+
+/// Trace parameters as a request may give them, each optional.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+pub struct TraceParamsInput {
+    pub min_len: Option<usize>,
+    pub max_count: Option<u64>,
+    pub delimiters: Option<Vec<u32>>,
+    pub max_spans: Option<usize>,
+}
+
+impl TraceParamsInput {
+    pub fn resolve(&self) -> TraceParams {
+        let d = TraceParams::default();
+        TraceParams {
+            min_len: self.min_len.unwrap_or(d.min_len),
+            max_count: self.max_count.unwrap_or(d.max_count),
+            delimiters: self.delimiters.clone().unwrap_or_default(),
+            max_spans: self.max_spans,
+        }
+    }
+}
+
+/// Longest output accepted, in tokens.
+pub const MAX_OUTPUT_TOKENS: usize = 65_536;
+
+const EPOCH_KEY: &[u8] = b"epoch";
+
+fn record_key(id: &str) -> Vec<u8> {
+    format!("a/{id}").into_bytes()
+}
+
+fn request_key(request: &str) -> Vec<u8> {
+    format!("r/{request}").into_bytes()
+}
+
+fn epoch_prefix(epoch: u64) -> Vec<u8> {
+    format!("e/{epoch:020}/").into_bytes()
+}
+
+fn root_key(epoch: u64) -> Vec<u8> {
+    format!("root/{epoch:020}").into_bytes()
+}
+
+fn store_error(e: StoreError) -> AttributionError {
+    AttributionError::Io(std::io::Error::other(e.to_string()))
+}
+
+/// Attribution state of one data directory.
+pub struct Attributions {
+    dir: PathBuf,
+    store: Arc<Store>,
+    open: Mutex<HashMap<String, Arc<Index>>>,
+    /// Held while an attribution is filed or an epoch closes, so none lands in a closed one.
+    epoch: Mutex<()>,
+}
+
+impl Attributions {
+    pub fn new(data_dir: &Path, store: Arc<Store>) -> Self {
+        Self {
+            dir: data_dir.join("indexes"),
+            store,
+            open: Mutex::new(HashMap::new()),
+            epoch: Mutex::new(()),
+        }
+    }
+
+    pub fn indexes_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The index named `hash`, opened once.
+    pub fn index(&self, hash: &str) -> Result<Arc<Index>, AttributionError> {
+        // Only a 64-digit hex name can be an index: nothing else reaches the filesystem.
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(AttributionError::IndexNotFound(hash.to_string()));
+        }
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(index) = open.get(hash) {
+            return Ok(index.clone());
+        }
+        let index = Arc::new(Index::open(&self.dir.join(hash))?);
+        open.insert(hash.to_string(), index.clone());
+        Ok(index)
+    }
+
+    /// Every index here, optionally only those of one Datanet version.
+    pub fn list(
+        &self,
+        datanet: Option<&str>,
+        version: Option<u32>,
+    ) -> Result<Vec<IndexMeta>, AttributionError> {
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Ok(out);
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let Ok(index) = self.index(&name) else {
+                continue;
+            };
+            let m = &index.meta;
+            if datanet.is_none_or(|d| m.datanet.as_deref() == Some(d))
+                && version.is_none_or(|v| m.version == Some(v))
+            {
+                out.push(m.clone());
+            }
+        }
+        out.sort_by(|a, b| (&a.datanet, a.version, &a.hash).cmp(&(&b.datanet, b.version, &b.hash)));
+        Ok(out)
+    }
+
+    /// Builds an index over a published version's text field.
+    pub fn build_version(
+        &self,
+        datanets: &Datanets,
+        id: &str,
+        version: u32,
+        tokenizer: &TokenizerChoice,
+        progress: &dyn Fn(BuildProgress),
+    ) -> Result<IndexMeta, AttributionError> {
+        let manifest = datanets
+            .version(id, version)
+            .map_err(|e| AttributionError::Corpus(e.to_string()))?;
+        let export = datanets
+            .export(id, version)
+            .map_err(|e| AttributionError::Corpus(e.to_string()))?;
+        let text_field = manifest.schema.text_field.clone();
+        let tokenizer = match tokenizer {
+            TokenizerChoice::Bytes => Tokenizer::Bytes,
+            TokenizerChoice::Bpe(vocab) => {
+                let texts = corpus::parquet(&export, &text_field)?;
+                Tokenizer::train_bpe(
+                    texts.documents.map_while(|d| d.ok()).map(|d| d.text),
+                    *vocab,
+                )?
+            }
+        };
+        let corpus = corpus::parquet(&export, &text_field)?;
+        index::build(
+            BuildInput {
+                documents: corpus.documents,
+                total: corpus.total,
+                tokenizer: &tokenizer,
+                datanet: Some(id.to_string()),
+                version: Some(version),
+            },
+            &self.dir,
+            progress,
+        )
+    }
+
+    /// Traces an output against an index and files the record in the current epoch. A
+    /// request id seen before returns its record, if the request is the same one.
+    pub fn attribute(
+        &self,
+        index_hash: &str,
+        request: &AttributeRequest,
+    ) -> Result<StoredAttribution, AttributionError> {
+        let index = self.index(index_hash)?;
+        let output = match (&request.text, &request.ids) {
+            (Some(_), Some(_)) => {
+                return Err(AttributionError::invalid(
+                    "text",
+                    "give text or ids, not both",
+                ))
+            }
+            (Some(text), None) => index.tokenizer()?.encode(text)?,
+            (None, Some(ids)) => ids.clone(),
+            (None, None) => return Err(AttributionError::invalid("text", "give text or ids")),
+        };
+        if output.len() > MAX_OUTPUT_TOKENS {
+            return Err(AttributionError::invalid(
+                "text",
+                format!("{} tokens; at most {MAX_OUTPUT_TOKENS}", output.len()),
+            ));
+        }
+        let params = request.params.resolve();
+        let request_id = match &request.request_id {
+            Some(r) if r.is_empty() || r.len() > 200 => {
+                return Err(AttributionError::invalid(
+                    "request_id",
+                    "must be 1 to 200 characters",
+                ))
+            }
+            Some(r) => r.clone(),
+            None => {
+                let mut h = blake3::Hasher::new();
+                h.update(index_hash.as_bytes());
+                h.update(output_hash(&output).as_bytes());
+                h.update(&serde_json::to_vec(&params).unwrap_or_default());
+                format!("auto-{}", &h.finalize().to_hex()[..32])
+            }
+        };
+        if let Some(existing) = self.by_request(&request_id)? {
+            let a = &existing.attribution;
+            if a.index != index.meta.hash
+                || a.output_hash != output_hash(&output)
+                || a.params != params
+            {
+                return Err(AttributionError::invalid(
+                    "request_id",
+                    format!("{request_id:?} was attributed before with another index, output or parameters"),
+                ));
+            }
+            return Ok(existing);
+        }
+        let trace = index.trace(&output, &params)?;
+        let record = AttributionRecord::from_trace(&request_id, &index, &params, &output, &trace);
+        let _guard = self.epoch.lock().unwrap_or_else(|p| p.into_inner());
+        let epoch = self.current_epoch()?;
+        let stored = StoredAttribution {
+            attribution: record,
+            epoch,
+            output,
+        };
+        let id = stored.attribution.id.clone();
+        let mut batch = self.store.batch();
+        batch
+            .put_json(CF_ATTRIBUTIONS, record_key(&id), &stored)
+            .map_err(store_error)?;
+        batch.put(CF_ATTRIBUTIONS, request_key(&request_id), id.as_bytes());
+        let mut epoch_key = epoch_prefix(epoch);
+        epoch_key.extend_from_slice(id.as_bytes());
+        batch.put(CF_ATTRIBUTIONS, epoch_key, b"");
+        batch.commit().map_err(store_error)?;
+        Ok(stored)
+    }
+
+    fn by_request(&self, request_id: &str) -> Result<Option<StoredAttribution>, AttributionError> {
+        match self
+            .store
+            .get(CF_ATTRIBUTIONS, &request_key(request_id))
+            .map_err(store_error)?
+        {
+            None => Ok(None),
+            Some(id) => self.get(&String::from_utf8_lossy(&id)).map(Some),
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Result<StoredAttribution, AttributionError> {
+        self.store
+            .get_json(CF_ATTRIBUTIONS, &record_key(id))
+            .map_err(store_error)?
+            .ok_or_else(|| AttributionError::invalid("id", format!("no attribution {id}")))
+    }
+
+    /// Recomputes an attribution from its pinned index and stored output.
+    pub fn verify(&self, id: &str) -> Result<Verification, AttributionError> {
+        let stored = self.get(id)?;
+        let a = &stored.attribution;
+        let index = self.index(&a.index)?;
+        let trace = index.trace(&stored.output, &a.params)?;
+        let again =
+            AttributionRecord::from_trace(&a.request_id, &index, &a.params, &stored.output, &trace);
+        let matches = again == *a && a.check().is_ok();
+        Ok(Verification {
+            id: id.to_string(),
+            matches,
+            recomputed: again.id,
+        })
+    }
+
+    fn current_epoch(&self) -> Result<u64, AttributionError> {
+        Ok(self
+            .store
+            .get(CF_ATTRIBUTIONS, EPOCH_KEY)
+            .map_err(store_error)?
+            .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0))
+    }
+
+    fn epoch_leaves(&self, epoch: u64) -> Result<Vec<merkle::Hash>, AttributionError> {
+        let prefix = epoch_prefix(epoch);
+        let mut leaves = Vec::new();
+        self.store
+            .for_each_prefix(CF_ATTRIBUTIONS, &prefix, |key, _| {
+                let id = String::from_utf8_lossy(&key[prefix.len()..]);
+                if let Some(digest) = id.strip_prefix("0x").and_then(parse_hex32) {
+                    leaves.push(merkle::leaf_bytes32(&digest));
+                }
+                Ok(())
+            })
+            .map_err(store_error)?;
+        Ok(leaves)
+    }
+
+    /// Closes the current epoch: commits its attribution ids to a Merkle root and starts the
+    /// next epoch.
+    pub fn close_epoch(&self) -> Result<EpochRoot, AttributionError> {
+        let _guard = self.epoch.lock().unwrap_or_else(|p| p.into_inner());
+        let epoch = self.current_epoch()?;
+        let leaves = self.epoch_leaves(epoch)?;
+        let count = leaves.len() as u64;
+        let root = if leaves.is_empty() {
+            [0u8; 32]
+        } else {
+            MerkleTree::from_leaves(leaves).root()
+        };
+        let closed = EpochRoot {
+            epoch,
+            root: format!("0x{}", hex::encode(root)),
+            attributions: count,
+        };
+        let mut batch = self.store.batch();
+        batch
+            .put_json(CF_ATTRIBUTIONS, root_key(epoch), &closed)
+            .map_err(store_error)?;
+        batch.put(CF_ATTRIBUTIONS, EPOCH_KEY, (epoch + 1).to_be_bytes());
+        batch.commit().map_err(store_error)?;
+        Ok(closed)
+    }
+
+    /// A closed epoch's root.
+    pub fn epoch(&self, epoch: u64) -> Result<Option<EpochRoot>, AttributionError> {
+        self.store
+            .get_json(CF_ATTRIBUTIONS, &root_key(epoch))
+            .map_err(store_error)
+    }
+
+    /// The inclusion proof of an attribution, once its epoch has closed.
+    pub fn proof(&self, id: &str) -> Result<AttributionProof, AttributionError> {
+        let stored = self.get(id)?;
+        let closed = self.epoch(stored.epoch)?.ok_or_else(|| {
+            AttributionError::invalid(
+                "id",
+                format!(
+                    "epoch {} is still open; proofs come when it closes",
+                    stored.epoch
+                ),
+            )
+        })?;
+        let digest = id
+            .strip_prefix("0x")
+            .and_then(parse_hex32)
+            .ok_or_else(|| AttributionError::invalid("id", "is not 0x and 64 hex digits"))?;
+        let leaf = merkle::leaf_bytes32(&digest);
+        let tree = MerkleTree::from_leaves(self.epoch_leaves(stored.epoch)?);
+        let proof = tree
+            .proof(&leaf)
+            .ok_or_else(|| AttributionError::invalid("id", "is not in its epoch's tree"))?;
+        Ok(AttributionProof {
+            id: id.to_string(),
+            epoch: stored.epoch,
+            root: closed.root,
+            leaf: format!("0x{}", hex::encode(leaf)),
+            proof: proof
+                .iter()
+                .map(|h| format!("0x{}", hex::encode(h)))
+                .collect(),
+        })
+    }
+}

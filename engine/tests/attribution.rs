@@ -1,0 +1,276 @@
+//! Span attribution through the real server: a published version of the quickstart Datanet
+//! is indexed, a text that quotes two of its tips is attributed, and the record is fetched,
+//! verified against the pinned index, and proven in its epoch's Merkle root. The CLI builds
+//! the same index from the version's Parquet export, with the same name.
+
+mod common;
+
+use common::{example, stderr, Server};
+use serde_json::{json, Value};
+use tributary::datanet::parse_hex32;
+use tributary::merkle;
+
+/// The quickstart Datanet with its first batch approved and published as version 1.
+fn published(server: &Server, dir: &std::path::Path) -> (String, String) {
+    let curator = server.token("carol", "curator", &[]);
+    let key = dir.join("bob.key");
+    let key_arg = key.to_str().expect("utf8");
+    let address = server.cli(None, &["keys", "new", "--key", key_arg]);
+    assert!(address.status.success(), "{}", stderr(&address));
+    let address = String::from_utf8_lossy(&address.stdout).trim().to_string();
+    let contributor = server.token("bob", "contributor", &["--address", &address]);
+    let spec = example("datanet.json");
+    server.cli_json(
+        Some(&curator),
+        &["datanets", "create", spec.to_str().expect("utf8")],
+    );
+    let tips = example("tips.jsonl");
+    server.cli_json(
+        Some(&contributor),
+        &[
+            "contribute",
+            "kitchen-tips",
+            tips.to_str().expect("utf8"),
+            "--key",
+            key_arg,
+        ],
+    );
+    server.cli_json(Some(&curator), &["batches", "approve", "kitchen-tips", "1"]);
+    let version = server.cli_json(Some(&curator), &["versions", "publish", "kitchen-tips"]);
+    assert_eq!(version["version"], 1);
+    (curator, address)
+}
+
+#[test]
+fn attribute_verify_and_prove_through_the_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("data"));
+    let (curator, address) = published(&server, dir.path());
+    let http = server.http();
+    let admin = server.admin_token();
+
+    // Only a curator of the Datanet may build its index; a bad tokenizer names the field.
+    let url = format!("{}/v1/datanets/kitchen-tips/versions/1/indexes", server.url);
+    let anonymous = http.post(&url).json(&json!({})).send().expect("send");
+    assert_eq!(anonymous.status(), 401);
+    let bad = http
+        .post(&url)
+        .bearer_auth(&curator)
+        .json(&json!({"tokenizer": "words"}))
+        .send()
+        .expect("send");
+    assert_eq!(bad.status(), 400);
+    let problem: Value = bad.json().expect("problem");
+    assert_eq!(problem["field"], "tokenizer");
+    let built = http
+        .post(&url)
+        .bearer_auth(&curator)
+        .json(&json!({"tokenizer": "bytes"}))
+        .send()
+        .expect("send");
+    assert_eq!(built.status(), 201);
+    let meta: Value = built.json().expect("meta");
+    let hash = meta["hash"].as_str().expect("hash").to_string();
+    assert_eq!(meta["datanet"], "kitchen-tips");
+    assert_eq!(meta["records"], 6);
+    let listed: Vec<Value> = http
+        .get(format!(
+            "{}/v1/indexes?datanet=kitchen-tips&version=1",
+            server.url
+        ))
+        .bearer_auth(&curator)
+        .send()
+        .expect("send")
+        .json()
+        .expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["hash"], hash.as_str());
+
+    // An output quoting two tips, between words of its own.
+    let text = "My advice: salt pasta water until it tastes like a mild broth, and also \
+                toast whole spices in a dry pan until fragrant. Enjoy!";
+    let attribute = format!("{}/v1/indexes/{hash}/attribute", server.url);
+    let response = http
+        .post(&attribute)
+        .bearer_auth(&curator)
+        .json(&json!({"request_id": "inference-1", "text": text, "min_len": 12}))
+        .send()
+        .expect("send");
+    assert_eq!(response.status(), 201);
+    let stored: Value = response.json().expect("attribution");
+    let record = &stored["attribution"];
+    let id = record["id"].as_str().expect("id").to_string();
+    assert_eq!(record["request_id"], "inference-1");
+    assert_eq!(record["index"], hash.as_str());
+    assert_eq!(record["method"], "span");
+    let spans = record["spans"].as_array().expect("spans");
+    assert!(spans.len() >= 2, "{record}");
+    let records = record["records"].as_array().expect("records");
+    assert_eq!(records.len(), 2, "two tips were quoted: {record}");
+    let total: u64 = records
+        .iter()
+        .map(|r| r["score"].as_u64().expect("score"))
+        .sum();
+    assert_eq!(total, record["score_unit"].as_u64().expect("unit"));
+    assert_eq!(record["contributors"][0]["contributor"], address.as_str());
+    assert_eq!(record["contributors"][0]["score"], record["score_unit"]);
+
+    // The same request id is the same record; reused for another text, it is refused.
+    let again: Value = http
+        .post(&attribute)
+        .bearer_auth(&curator)
+        .json(&json!({"request_id": "inference-1", "text": text, "min_len": 12}))
+        .send()
+        .expect("send")
+        .json()
+        .expect("again");
+    assert_eq!(again["attribution"]["id"], id.as_str());
+    let reused = http
+        .post(&attribute)
+        .bearer_auth(&curator)
+        .json(&json!({"request_id": "inference-1", "text": "something else entirely"}))
+        .send()
+        .expect("send");
+    assert_eq!(reused.status(), 400);
+    let unknown = http
+        .post(&attribute)
+        .bearer_auth(&curator)
+        .json(&json!({"text": text, "temperature": 1}))
+        .send()
+        .expect("send");
+    assert_eq!(unknown.status(), 400, "unknown fields are refused");
+    let missing = http
+        .post(format!(
+            "{}/v1/indexes/{}/attribute",
+            server.url,
+            "0".repeat(64)
+        ))
+        .bearer_auth(&curator)
+        .json(&json!({"text": text}))
+        .send()
+        .expect("send");
+    assert_eq!(missing.status(), 404);
+
+    // Fetched, it is what was filed; verified, it recomputes to the same id.
+    let fetched: Value = http
+        .get(format!("{}/v1/attributions/{id}", server.url))
+        .bearer_auth(&curator)
+        .send()
+        .expect("send")
+        .json()
+        .expect("fetched");
+    assert_eq!(fetched["attribution"], *record);
+    let verified: Value = http
+        .post(format!("{}/v1/attributions/{id}/verify", server.url))
+        .bearer_auth(&curator)
+        .send()
+        .expect("send")
+        .json()
+        .expect("verified");
+    assert_eq!(verified["matches"], true, "{verified}");
+    assert_eq!(verified["recomputed"], id.as_str());
+
+    // No proof while the epoch is open; closing it is for the admin; then the proof checks.
+    let early = http
+        .get(format!("{}/v1/attributions/{id}/proof", server.url))
+        .bearer_auth(&curator)
+        .send()
+        .expect("send");
+    assert_eq!(early.status(), 400);
+    let close = format!("{}/v1/epochs/close", server.url);
+    assert_eq!(
+        http.post(&close)
+            .bearer_auth(&curator)
+            .send()
+            .expect("send")
+            .status(),
+        403
+    );
+    let closed: Value = http
+        .post(&close)
+        .bearer_auth(&admin)
+        .send()
+        .expect("send")
+        .json()
+        .expect("closed");
+    assert_eq!(closed["epoch"], 0);
+    assert_eq!(closed["attributions"], 1);
+    let proof: Value = http
+        .get(format!("{}/v1/attributions/{id}/proof", server.url))
+        .bearer_auth(&curator)
+        .send()
+        .expect("send")
+        .json()
+        .expect("proof");
+    let hex = |v: &Value| {
+        parse_hex32(v.as_str().expect("hex").trim_start_matches("0x")).expect("32 bytes")
+    };
+    let digest = hex(&json!(id));
+    let leaf = merkle::leaf_bytes32(&digest);
+    assert_eq!(hex(&proof["leaf"]), leaf);
+    let path: Vec<merkle::Hash> = proof["proof"]
+        .as_array()
+        .expect("proof")
+        .iter()
+        .map(hex)
+        .collect();
+    assert!(merkle::verify(&hex(&proof["root"]), &leaf, &path));
+    assert_eq!(proof["root"], closed["root"]);
+
+    // The CLI builds the same index from the version's export: same contents, same name.
+    let export = dir.path().join("v1.parquet");
+    let out = server.cli(
+        Some(&curator),
+        &[
+            "versions",
+            "export",
+            "kitchen-tips",
+            "1",
+            "--out",
+            export.to_str().expect("utf8"),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let local = dir.path().join("indexes");
+    let built = server.cli_json(
+        None,
+        &[
+            "index",
+            "build",
+            "--parquet",
+            export.to_str().expect("utf8"),
+            "--out",
+            local.to_str().expect("utf8"),
+            "--datanet",
+            "kitchen-tips",
+            "--version",
+            "1",
+        ],
+    );
+    assert_eq!(built["hash"], hash.as_str());
+    let traced = server.cli_json(
+        None,
+        &[
+            "attribute",
+            "--index",
+            local.join(&hash).to_str().expect("utf8"),
+            "--text",
+            text,
+            "--min-len",
+            "12",
+        ],
+    );
+    assert_eq!(traced["records"].as_array().expect("records").len(), 2);
+    let bad = server.cli(
+        None,
+        &[
+            "attribute",
+            "--index",
+            local.join("nope").to_str().expect("utf8"),
+            "--text",
+            "x",
+        ],
+    );
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("does not exist"), "{}", stderr(&bad));
+}
