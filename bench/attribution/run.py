@@ -97,6 +97,53 @@ def queries_and_outputs(stream, texts, n=10_000):
     return queries, outputs
 
 
+def through_rest(work, index_dir, hash_, queries, outputs, min_len, max_count):
+    """Count and trace latency through `tributary serve` on loopback, one kept-alive connection."""
+    import http.client
+    data = os.path.join(work, "server")
+    os.makedirs(os.path.join(data, "indexes"))
+    os.rename(index_dir, os.path.join(data, "indexes", hash_))
+    proc = subprocess.Popen([BIN, "serve", "--listen", "127.0.0.1:0", "--data-dir", data],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline().strip()
+        host, port = line.rsplit("/", 1)[-1].split(":")
+        with open(os.path.join(data, "admin-token")) as f:
+            token = f.read().strip()
+        conn = http.client.HTTPConnection(host, int(port))
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+        def post(path, body):
+            conn.request("POST", path, json.dumps(body), headers)
+            r = conn.getresponse()
+            payload = r.read()
+            assert r.status in (200, 201), (r.status, payload[:500])
+            return payload
+
+        for q in queries[:200]:
+            post(f"/v1/indexes/{hash_}/query", {"ids": q, "limit": 0, "next": False})
+        times = []
+        for q in queries:
+            t = time.perf_counter()
+            post(f"/v1/indexes/{hash_}/query", {"ids": q, "limit": 0, "next": False})
+            times.append(time.perf_counter() - t)
+        times.sort()
+        traces = []
+        for o in outputs:
+            runs = []
+            for i in range(6):
+                t = time.perf_counter()
+                post(f"/v1/indexes/{hash_}/attribute", {"request_id": f"bench-{len(o)}-{i}", "ids": o,
+                                                        "min_len": min_len, "max_count": max_count})
+                runs.append(time.perf_counter() - t)
+            traces.append({"tokens": len(o), "ms": sorted(runs[1:])[2] * 1e3})
+        p = lambda x: times[round((len(times) - 1) * x)] * 1e6
+        return {"count_p50_us": p(0.5), "count_p99_us": p(0.99), "traces": traces}
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def run_size(mb, texts_all, with_peer, min_len, max_count):
     work = os.path.join(WORK, f"{mb}mb")
     subprocess.run(["rm", "-rf", work])
@@ -127,6 +174,10 @@ def run_size(mb, texts_all, with_peer, min_len, max_count):
     print(f"  ours: built in {wall:.1f} s, {peak:.0f} MB peak, {size / len(stream):.2f} B/token; "
           f"count p50 {lat['count_p50_us']:.1f} µs p99 {lat['count_p99_us']:.1f} µs; "
           + ", ".join(f"trace {t['tokens']} tokens {t['ms']:.2f} ms" for t in lat["traces"]), flush=True)
+    rest = through_rest(work, ours_dir, meta["hash"], queries[:2000], outputs, min_len, max_count)
+    result["ours_rest"] = rest
+    print(f"  ours through REST: count p50 {rest['count_p50_us']:.1f} µs p99 {rest['count_p99_us']:.1f} µs; "
+          + ", ".join(f"trace {t['tokens']} tokens {t['ms']:.2f} ms" for t in rest["traces"]), flush=True)
     subprocess.run(["rm", "-rf", os.path.join(work, "ours")])
     if not with_peer:
         return result

@@ -86,6 +86,24 @@ fn attribute_verify_and_prove_through_the_api() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["hash"], hash.as_str());
 
+    // A query counts an n-gram, says which records hold it, and what follows.
+    let queried = http
+        .post(format!("{}/v1/indexes/{hash}/query", server.url))
+        .bearer_auth(&curator)
+        .json(&json!({"text": "pasta water", "limit": 1}))
+        .send()
+        .expect("send");
+    assert_eq!(queried.status(), 200);
+    let queried: Value = queried.json().expect("query");
+    assert_eq!(queried["count"], 2, "two tips speak of pasta water");
+    assert_eq!(
+        queried["occurrences"].as_array().expect("list").len(),
+        1,
+        "the limit holds"
+    );
+    assert_eq!(queried["occurrences"][0]["contributor"], address.as_str());
+    assert_eq!(queried["next"]["tokens"][0], json!([u32::from(b' '), 2]));
+
     // An output quoting two tips, between words of its own.
     let text = "My advice: salt pasta water until it tastes like a mild broth, and also \
                 toast whole spices in a dry pan until fragrant. Enjoy!";

@@ -11,6 +11,7 @@ use super::error::{ApiError, Problem};
 use super::extract::JsonBody;
 use super::{blocking, AppState};
 use crate::attribution::index::IndexMeta;
+use crate::attribution::query::{QueryRequest, QueryResult};
 use crate::attribution::service::{
     AttributeRequest, AttributionProof, EpochRoot, StoredAttribution, TokenizerChoice, Verification,
 };
@@ -137,6 +138,38 @@ pub async fn get(
     Ok(Json(
         readable_index(&app, &principal, &hash).await?.meta.clone(),
     ))
+}
+
+#[utoipa::path(post, operation_id = "queryIndex", path = "/v1/indexes/{hash}/query", tag = "attribution",
+    request_body = QueryRequest, params(("hash" = String, Path)),
+    responses((status = 200, body = QueryResult), (status = 400, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn query(
+    State(app): State<AppState>,
+    principal: Principal,
+    Path(hash): Path<String>,
+    JsonBody(request): JsonBody<QueryRequest>,
+) -> Result<Json<QueryResult>, ApiError> {
+    let index = readable_index(&app, &principal, &hash).await?;
+    let result = blocking(move || {
+        let ids = match (&request.text, &request.ids) {
+            (Some(text), None) => index.tokenizer()?.encode(text)?,
+            (None, Some(ids)) => ids.clone(),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "text",
+                    "give text or ids (one of them)",
+                ));
+            }
+        };
+        Ok(index.query(
+            &ids,
+            request.limit.unwrap_or(10),
+            request.next.unwrap_or(true),
+        ))
+    })
+    .await?;
+    Ok(Json(result))
 }
 
 #[utoipa::path(post, operation_id = "attribute", path = "/v1/indexes/{hash}/attribute", tag = "attribution",

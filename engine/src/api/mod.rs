@@ -118,6 +118,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/indexes", get(attributions::list))
         .route("/v1/indexes/{hash}", get(attributions::get))
+        .route("/v1/indexes/{hash}/query", post(attributions::query))
         .route(
             "/v1/indexes/{hash}/attribute",
             post(attributions::attribute),

@@ -27,7 +27,7 @@ impl Modify for BearerAuth {
         datanets::publish, datanets::list_versions, datanets::get_version, datanets::proof,
         datanets::export, tokens::create,
         plugins::install, plugins::list, plugins::get, plugins::remove,
-        attributions::build, attributions::list, attributions::get, attributions::attribute,
+        attributions::build, attributions::list, attributions::get, attributions::query, attributions::attribute,
         attributions::get_attribution, attributions::verify, attributions::proof,
         attributions::close_epoch,
     ),

@@ -5,6 +5,7 @@
 pub mod corpus;
 pub mod error;
 pub mod index;
+pub mod query;
 pub mod record;
 pub mod service;
 pub mod tokenizer;

@@ -34,6 +34,16 @@ pub enum IndexCommand {
         #[arg(long, conflicts_with_all = ["text", "ids"])]
         queries: Option<PathBuf>,
     },
+    /// Count an n-gram, list where it occurs (records and contributors) and what follows it.
+    Query {
+        #[arg(long)]
+        index: PathBuf,
+        #[command(flatten)]
+        query: QueryArg,
+        /// How many occurrences to list.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+    },
     /// The next-token distribution after a context (with its longest matching suffix).
     Next {
         #[arg(long)]
@@ -234,6 +244,14 @@ pub fn run(cmd: IndexCommand) -> Result<()> {
                 writeln!(out, "{}", index.count(&q))?;
             }
             Ok(())
+        }
+        IndexCommand::Query {
+            index,
+            query,
+            limit,
+        } => {
+            let index = open(&index)?;
+            print_json(&index.query(&ids(&index, &query)?, limit, true))
         }
         IndexCommand::Next { index, query } => {
             let index = open(&index)?;
