@@ -58,6 +58,7 @@ pub mod auth;
 pub mod cli;
 pub mod datanet;
 pub mod identity;
+pub mod jobs;
 pub mod merkle;
 pub mod plugin;
 pub mod store;

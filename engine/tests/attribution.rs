@@ -62,14 +62,56 @@ fn attribute_verify_and_prove_through_the_api() {
     assert_eq!(bad.status(), 400);
     let problem: Value = bad.json().expect("problem");
     assert_eq!(problem["field"], "tokenizer");
-    let built = http
+    let missing_version = http
+        .post(format!("{}/v1/datanets/kitchen-tips/versions/9/indexes", server.url))
+        .bearer_auth(&curator)
+        .json(&json!({}))
+        .send()
+        .expect("send");
+    assert_eq!(missing_version.status(), 404);
+    // The build is a job; its events say how far it got, and the last one carries the index.
+    let started = http
         .post(&url)
         .bearer_auth(&curator)
         .json(&json!({"tokenizer": "bytes"}))
         .send()
         .expect("send");
-    assert_eq!(built.status(), 201);
-    let meta: Value = built.json().expect("meta");
+    assert_eq!(started.status(), 202);
+    let location = started.headers()["location"].to_str().expect("location").to_string();
+    let job: Value = started.json().expect("job");
+    assert_eq!(location, format!("/v1/jobs/{}", job["id"].as_str().expect("id")));
+    let stream = http
+        .get(format!("{}{location}", server.url))
+        .bearer_auth(&curator)
+        .header("Accept", "text/event-stream")
+        .send()
+        .expect("send");
+    assert!(stream.headers()["content-type"]
+        .to_str()
+        .expect("type")
+        .starts_with("text/event-stream"));
+    let body = stream.text().expect("events");
+    let events: Vec<(String, Value)> = body
+        .split("\n\n")
+        .filter_map(|block| {
+            let name = block.lines().find_map(|l| l.strip_prefix("event: "))?;
+            let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
+            Some((name.to_string(), serde_json::from_str(data).expect("json")))
+        })
+        .collect();
+    let (last, done) = events.last().expect("an event");
+    assert_eq!(last, "done", "{body}");
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(events[..events.len() - 1].iter().all(|(n, _)| n == "progress"));
+    let status: Value = http
+        .get(format!("{}{location}", server.url))
+        .bearer_auth(&curator)
+        .send()
+        .expect("send")
+        .json()
+        .expect("status");
+    assert_eq!(status, *done);
+    let meta = done["result"].clone();
     let hash = meta["hash"].as_str().expect("hash").to_string();
     assert_eq!(meta["datanet"], "kitchen-tips");
     assert_eq!(meta["records"], 6);

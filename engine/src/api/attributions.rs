@@ -2,7 +2,7 @@
 //! (filing an attribution record), fetch and verify records, close epochs and prove inclusion.
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::Json;
 use serde::Deserialize;
 
@@ -10,13 +10,14 @@ use super::datanets::{load, readable};
 use super::error::{ApiError, Problem};
 use super::extract::JsonBody;
 use super::{blocking, AppState};
-use crate::attribution::index::IndexMeta;
+use crate::attribution::index::{BuildProgress, IndexMeta};
 use crate::attribution::query::{QueryRequest, QueryResult};
 use crate::attribution::service::{
     AttributeRequest, AttributionProof, EpochRoot, StoredAttribution, TokenizerChoice, Verification,
 };
 use crate::attribution::AttributionError;
 use crate::auth::Principal;
+use crate::jobs::JobStatus;
 
 impl From<AttributionError> for ApiError {
     fn from(e: AttributionError) -> Self {
@@ -61,14 +62,15 @@ fn service(app: &AppState) -> std::sync::Arc<crate::attribution::service::Attrib
 #[utoipa::path(post, operation_id = "buildIndex", path = "/v1/datanets/{id}/versions/{version}/indexes",
     tag = "attribution", request_body = BuildIndexRequest,
     params(("id" = String, Path), ("version" = u32, Path)),
-    responses((status = 201, body = IndexMeta), (status = 400, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
+    responses((status = 202, body = JobStatus, description = "the build runs as a job: follow `Location` (`/v1/jobs/{id}`); its result is the index's metadata"),
+        (status = 400, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn build(
     State(app): State<AppState>,
     principal: Principal,
     Path((id, version)): Path<(String, u32)>,
     JsonBody(body): JsonBody<BuildIndexRequest>,
-) -> Result<(StatusCode, Json<IndexMeta>), ApiError> {
+) -> Result<(StatusCode, [(header::HeaderName, String); 1], Json<JobStatus>), ApiError> {
     let datanet = load(&app, &id).await?;
     principal.can_curate(&datanet)?;
     let choice: TokenizerChoice = body
@@ -77,14 +79,31 @@ pub async fn build(
         .unwrap_or("bytes")
         .parse()
         .map_err(ApiError::from)?;
+    // Refuse a version that does not exist now, rather than in a job that fails later.
+    {
+        let (datanets, id) = (app.datanets.clone(), id.clone());
+        blocking(move || datanets.version(&id, version).map_err(ApiError::from)).await?;
+    }
     let (datanets, attributions) = (app.datanets.clone(), service(&app));
-    let meta = blocking(move || {
-        attributions
-            .build_version(&datanets, &id, version, &choice, &|_| {})
-            .map_err(ApiError::from)
-    })
-    .await?;
-    Ok((StatusCode::CREATED, Json(meta)))
+    let job = app.jobs.spawn("index-build", move |progress| {
+        let meta = attributions
+            .build_version(&datanets, &id, version, &choice, &|p| match p {
+                BuildProgress::Tokenizing { records, total } => {
+                    progress.update("tokenizing", records, total)
+                }
+                BuildProgress::Sorting { tokens } => progress.update("sorting", 0, Some(tokens)),
+                BuildProgress::Writing { done, total } => {
+                    progress.update("writing", done, Some(total))
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        serde_json::to_value(meta).map_err(|e| e.to_string())
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, format!("/v1/jobs/{}", job.id))],
+        Json(job),
+    ))
 }
 
 #[utoipa::path(get, operation_id = "listIndexes", path = "/v1/indexes", tag = "attribution",

@@ -6,6 +6,7 @@ pub mod attributions;
 pub mod datanets;
 pub mod error;
 pub mod extract;
+pub mod jobs;
 pub mod metrics;
 pub mod openapi;
 pub mod plugins;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub plugins: Option<Arc<crate::plugin::Plugins>>,
     /// Span indexes and attribution records.
     pub attributions: Arc<crate::attribution::service::Attributions>,
+    /// Background work (index builds), watched through `/v1/jobs/{id}`.
+    pub jobs: Arc<crate::jobs::Jobs>,
 }
 
 /// Runs blocking library work off the async workers.
@@ -127,6 +130,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/attributions/{id}/verify", post(attributions::verify))
         .route("/v1/attributions/{id}/proof", get(attributions::proof))
         .route("/v1/epochs/close", post(attributions::close_epoch))
+        .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/tokens", post(tokens::create))
         .route(
             "/v1/plugins/{id}",

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{attributions, datanets, plugins, tokens};
+use super::{attributions, datanets, jobs, plugins, tokens};
 
 struct BearerAuth;
 
@@ -29,7 +29,7 @@ impl Modify for BearerAuth {
         plugins::install, plugins::list, plugins::get, plugins::remove,
         attributions::build, attributions::list, attributions::get, attributions::query, attributions::attribute,
         attributions::get_attribution, attributions::verify, attributions::proof,
-        attributions::close_epoch,
+        attributions::close_epoch, jobs::get,
     ),
     modifiers(&BearerAuth)
 )]

@@ -91,6 +91,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     ));
     let state = AppState {
         attributions,
+        jobs: Arc::default(),
         datanets,
         limits: Limits {
             max_upload_bytes: args.max_upload_bytes,
