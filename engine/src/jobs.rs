@@ -104,7 +104,11 @@ impl Jobs {
             table.order.push_back(id.clone());
             while table.order.len() > KEEP_FINISHED {
                 let oldest = table.order[0].clone();
-                if !table.by_id.get(&oldest).is_some_and(|r| r.borrow().finished()) {
+                if !table
+                    .by_id
+                    .get(&oldest)
+                    .is_some_and(|r| r.borrow().finished())
+                {
                     break;
                 }
                 table.order.pop_front();
@@ -116,10 +120,9 @@ impl Jobs {
             .spawn(move || {
                 let progress = Progress { tx };
                 // A panic in the work fails the job, not the server.
-                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    work(&progress)
-                }))
-                .unwrap_or_else(|_| Err("the job panicked".into()));
+                let outcome =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&progress)))
+                        .unwrap_or_else(|_| Err("the job panicked".into()));
                 progress.tx.send_modify(|s| match outcome {
                     Ok(result) => {
                         s.state = JobState::Succeeded;

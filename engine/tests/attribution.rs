@@ -63,7 +63,10 @@ fn attribute_verify_and_prove_through_the_api() {
     let problem: Value = bad.json().expect("problem");
     assert_eq!(problem["field"], "tokenizer");
     let missing_version = http
-        .post(format!("{}/v1/datanets/kitchen-tips/versions/9/indexes", server.url))
+        .post(format!(
+            "{}/v1/datanets/kitchen-tips/versions/9/indexes",
+            server.url
+        ))
         .bearer_auth(&curator)
         .json(&json!({}))
         .send()
@@ -77,9 +80,15 @@ fn attribute_verify_and_prove_through_the_api() {
         .send()
         .expect("send");
     assert_eq!(started.status(), 202);
-    let location = started.headers()["location"].to_str().expect("location").to_string();
+    let location = started.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_string();
     let job: Value = started.json().expect("job");
-    assert_eq!(location, format!("/v1/jobs/{}", job["id"].as_str().expect("id")));
+    assert_eq!(
+        location,
+        format!("/v1/jobs/{}", job["id"].as_str().expect("id"))
+    );
     let stream = http
         .get(format!("{}{location}", server.url))
         .bearer_auth(&curator)
@@ -102,7 +111,9 @@ fn attribute_verify_and_prove_through_the_api() {
     let (last, done) = events.last().expect("an event");
     assert_eq!(last, "done", "{body}");
     assert_eq!(done["state"], "succeeded", "{done}");
-    assert!(events[..events.len() - 1].iter().all(|(n, _)| n == "progress"));
+    assert!(events[..events.len() - 1]
+        .iter()
+        .all(|(n, _)| n == "progress"));
     let status: Value = http
         .get(format!("{}{location}", server.url))
         .bearer_auth(&curator)

@@ -70,7 +70,14 @@ pub async fn build(
     principal: Principal,
     Path((id, version)): Path<(String, u32)>,
     JsonBody(body): JsonBody<BuildIndexRequest>,
-) -> Result<(StatusCode, [(header::HeaderName, String); 1], Json<JobStatus>), ApiError> {
+) -> Result<
+    (
+        StatusCode,
+        [(header::HeaderName, String); 1],
+        Json<JobStatus>,
+    ),
+    ApiError,
+> {
     let datanet = load(&app, &id).await?;
     principal.can_curate(&datanet)?;
     let choice: TokenizerChoice = body

@@ -82,13 +82,13 @@ fn serve(args: ServeArgs) -> Result<()> {
             path.display()
         );
     }
-    if args.demo {
-        super::demo::seed(&datanets, &plugins, &args)?;
-    }
     let attributions = Arc::new(crate::attribution::service::Attributions::new(
         &args.data_dir,
         datanets.store().clone(),
     ));
+    if args.demo {
+        super::demo::seed(&datanets, &plugins, &attributions, &args)?;
+    }
     let state = AppState {
         attributions,
         jobs: Arc::default(),

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 
 use super::ServeArgs;
 use crate::api::admin_token_path;
+use crate::attribution::service::{Attributions, TokenizerChoice};
 use crate::datanet::contribute::Contribution;
 use crate::datanet::ingest::{Input, InputFormat};
 use crate::datanet::service::Datanets;
@@ -42,7 +43,12 @@ fn install_plugins(plugins: &Plugins, components: &Path) -> Result<Vec<Validator
     Ok(attached)
 }
 
-pub fn seed(datanets: &Datanets, plugins: &Plugins, args: &ServeArgs) -> Result<()> {
+pub fn seed(
+    datanets: &Datanets,
+    plugins: &Plugins,
+    attributions: &Attributions,
+    args: &ServeArgs,
+) -> Result<()> {
     let mut spec: DatanetSpec = serde_json::from_str(SPEC).context("the demo spec")?;
     spec.id = "demo-kitchen-tips".into();
     spec.name = "Kitchen tips (demo)".into();
@@ -78,6 +84,15 @@ pub fn seed(datanets: &Datanets, plugins: &Plugins, args: &ServeArgs) -> Result<
             batch.accepted
         );
     }
+    let index = match attributions.list(Some(&id), Some(1))?.into_iter().next() {
+        Some(meta) => meta,
+        None => {
+            let meta =
+                attributions.build_version(datanets, &id, 1, &TokenizerChoice::Bytes, &|_| {})?;
+            eprintln!("Demo: built the span index of version 1, {}.", meta.hash);
+            meta
+        }
+    };
     let url = format!("http://{}", args.listen);
     let token = admin_token_path(&args.data_dir);
     eprintln!(
@@ -90,8 +105,12 @@ pub fn seed(datanets: &Datanets, plugins: &Plugins, args: &ServeArgs) -> Result<
          \x20 cargo run -q -- datanets create examples/quickstart/datanet.json\n\
          \x20 cargo run -q -- contribute kitchen-tips examples/quickstart/tips.jsonl\n\
          \x20 cargo run -q -- plugin list\n\
+         \x20 curl -s -X POST -H \"Authorization: Bearer $(cat {token})\" -H 'Content-Type: application/json' \\\n\
+         \x20   -d '{{\"text\": \"Tip: rest a steak for five minutes before slicing it.\", \"min_len\": 12}}' \\\n\
+         \x20   {url}/v1/indexes/{index}/attribute | python3 -m json.tool\n\
          The README's walkthrough goes on from there.\n",
-        token = token.display()
+        token = token.display(),
+        index = index.hash
     );
     Ok(())
 }
