@@ -222,6 +222,17 @@ fn attribute_verify_and_prove_through_the_api() {
         .expect("send");
     assert_eq!(missing.status(), 404);
 
+    let nobody = http
+        .get(format!(
+            "{}/v1/attributions/0x{}",
+            server.url,
+            "ab".repeat(32)
+        ))
+        .bearer_auth(&curator)
+        .send()
+        .expect("send");
+    assert_eq!(nobody.status(), 404);
+
     // Fetched, it is what was filed; verified, it recomputes to the same id.
     let fetched: Value = http
         .get(format!("{}/v1/attributions/{id}", server.url))

@@ -23,11 +23,8 @@ impl From<AttributionError> for ApiError {
     fn from(e: AttributionError) -> Self {
         let detail = e.to_string();
         match e {
-            AttributionError::IndexNotFound(_) => {
+            AttributionError::IndexNotFound(_) | AttributionError::AttributionNotFound(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "not-found", detail)
-            }
-            AttributionError::Invalid { field, .. } if detail.contains("no attribution") => {
-                ApiError::new(StatusCode::NOT_FOUND, "not-found", detail).with_field(field)
             }
             AttributionError::Invalid { field, .. } => ApiError::bad_request(field, detail),
             AttributionError::Tokenizer(_) => ApiError::bad_request("tokenizer", detail),

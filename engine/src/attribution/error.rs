@@ -9,6 +9,8 @@ pub enum AttributionError {
     Index { index: String, message: String },
     #[error("index {0} does not exist")]
     IndexNotFound(String),
+    #[error("no attribution {0}")]
+    AttributionNotFound(String),
     #[error("{field}: {message}")]
     Invalid {
         field: &'static str,

@@ -343,7 +343,7 @@ impl Attributions {
         self.store
             .get_json(CF_ATTRIBUTIONS, &record_key(id))
             .map_err(store_error)?
-            .ok_or_else(|| AttributionError::invalid("id", format!("no attribution {id}")))
+            .ok_or_else(|| AttributionError::AttributionNotFound(id.to_string()))
     }
 
     /// Recomputes an attribution from its pinned index and stored output.
