@@ -60,6 +60,7 @@ pub mod datanet;
 pub mod identity;
 pub mod jobs;
 pub mod merkle;
+pub mod model;
 pub mod plugin;
 pub mod store;
 pub mod tuning;
