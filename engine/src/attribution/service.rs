@@ -293,22 +293,29 @@ impl Attributions {
                 format!("auto-{}", &h.finalize().to_hex()[..32])
             }
         };
-        if let Some(existing) = self.by_request(&request_id)? {
+        let output_hash = output_hash(&output);
+        // A request id names one attribution: the same request gets the same record back, a
+        // different one under the same id is refused.
+        let reuse = |existing: StoredAttribution| {
             let a = &existing.attribution;
-            if a.index != index.meta.hash
-                || a.output_hash != output_hash(&output)
-                || a.params != params
-            {
+            if a.index != index.meta.hash || a.output_hash != output_hash || a.params != params {
                 return Err(AttributionError::invalid(
                     "request_id",
                     format!("{request_id:?} was attributed before with another index, output or parameters"),
                 ));
             }
-            return Ok(existing);
+            Ok(existing)
+        };
+        if let Some(existing) = self.by_request(&request_id)? {
+            return reuse(existing);
         }
         let trace = index.trace(&output, &params)?;
         let record = AttributionRecord::from_trace(&request_id, &index, &params, &output, &trace);
         let _guard = self.epoch.lock().unwrap_or_else(|p| p.into_inner());
+        // Checked again under the lock: a concurrent request with the same id may have won.
+        if let Some(existing) = self.by_request(&request_id)? {
+            return reuse(existing);
+        }
         let epoch = self.current_epoch()?;
         let stored = StoredAttribution {
             attribution: record,

@@ -85,7 +85,10 @@ impl LlamaConfig {
         {
             return Err("hidden_size must be a multiple of num_attention_heads".into());
         }
-        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err("num_attention_heads must be a multiple of num_key_value_heads".into());
         }
         if !self.head_dim().is_multiple_of(2) {
