@@ -6,6 +6,7 @@ pub mod config;
 pub mod files;
 pub mod llama;
 pub mod lora;
+pub mod train;
 
 pub use config::LlamaConfig;
 pub use llama::Llama;
