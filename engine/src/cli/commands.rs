@@ -52,6 +52,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Plugin(cmd) => super::plugin::run(&client, cmd),
         Command::Index(cmd) => super::index::run(cmd),
         Command::Attribute(args) => super::index::attribute(args),
+        Command::Models(cmd) => super::models::run(cmd),
     }
 }
 

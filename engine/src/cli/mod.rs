@@ -6,6 +6,7 @@ mod client;
 mod commands;
 mod demo;
 mod index;
+mod models;
 mod plugin;
 
 use std::net::SocketAddr;
@@ -80,6 +81,9 @@ pub enum Command {
     Index(index::IndexCommand),
     /// Trace a text to the records of an index it came from, and score them.
     Attribute(index::AttributeArgs),
+    /// Train models (on this machine, no server).
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 //! names, so that what we save, `transformers` loads.
 
 pub mod config;
+pub mod factory;
 pub mod files;
 pub mod llama;
 pub mod lora;

@@ -1,0 +1,138 @@
+//! `tributary models train`: train a small decoder from scratch on this machine, from a
+//! version's Parquet export or a JSONL file, with a progress bar; the model lands in Hugging
+//! Face's layout (config.json, model.safetensors, tokenizer.json) with a report of the run.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::attribution::corpus;
+use crate::attribution::Tokenizer;
+use crate::model::train::TrainConfig;
+use crate::model::LlamaConfig;
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Train a decoder from scratch on a corpus.
+    Train(TrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// A Parquet file with the text field (a version export).
+    #[arg(long, conflicts_with = "jsonl")]
+    pub parquet: Option<PathBuf>,
+    /// A JSONL file of objects with the text field.
+    #[arg(long)]
+    pub jsonl: Option<PathBuf>,
+    #[arg(long, default_value = "text")]
+    pub text_field: String,
+    /// `bytes`, `bpe:VOCAB` (trained on the corpus) or a tokenizer.json.
+    #[arg(long, default_value = "bytes")]
+    pub tokenizer: String,
+    /// The model's directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 200)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 64)]
+    pub seq_len: usize,
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 64)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 2)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+fn corpus_of(args: &TrainArgs) -> Result<corpus::Corpus> {
+    Ok(match (&args.parquet, &args.jsonl) {
+        (Some(p), _) => corpus::parquet(p, &args.text_field)?,
+        (None, Some(j)) => corpus::jsonl(j, &args.text_field)?,
+        (None, None) => bail!("give the corpus as --parquet FILE or --jsonl FILE"),
+    })
+}
+
+fn train(args: TrainArgs) -> Result<()> {
+    let tokenizer = if args.tokenizer == "bytes" {
+        Tokenizer::Bytes
+    } else if let Some(vocab) = args.tokenizer.strip_prefix("bpe:") {
+        let vocab: u32 = vocab.parse().with_context(|| {
+            format!("--tokenizer {}: {vocab:?} is not a number", args.tokenizer)
+        })?;
+        let texts = corpus_of(&args)?
+            .documents
+            .map_while(|d| d.ok())
+            .map(|d| d.text);
+        Tokenizer::train_bpe(texts, vocab)?
+    } else {
+        Tokenizer::from_file(std::path::Path::new(&args.tokenizer))?
+    };
+    if args.heads == 0 || args.hidden % (2 * args.heads) != 0 {
+        bail!("--hidden must be a multiple of twice --heads (rotary positions need an even head size)");
+    }
+    let model = LlamaConfig {
+        hidden_size: args.hidden,
+        intermediate_size: args.hidden * 8 / 3 / 8 * 8 + 8,
+        num_hidden_layers: args.layers,
+        num_attention_heads: args.heads,
+        num_key_value_heads: args.heads,
+        max_position_embeddings: args.seq_len,
+        ..LlamaConfig::tiny(0)
+    };
+    let cfg = TrainConfig {
+        steps: args.steps,
+        batch_size: args.batch_size,
+        seq_len: args.seq_len,
+        lr: args.lr,
+        warmup_steps: (args.steps / 10).max(1),
+        eval_every: (args.steps / 5).max(1),
+        seed: args.seed,
+        ..TrainConfig::default()
+    };
+    let bar = ProgressBar::new(args.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("training [{bar:40}] {pos}/{len} steps {msg} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let report = crate::model::factory::train_from_scratch(
+        corpus_of(&args)?,
+        &tokenizer,
+        model,
+        &cfg,
+        &args.out,
+        &mut |s| {
+            bar.set_position(s.step as u64);
+            bar.set_message(format!(
+                "loss {:.3} {:.0} tokens/s",
+                s.loss, s.tokens_per_second
+            ));
+        },
+    )?;
+    bar.finish_and_clear();
+    eprintln!(
+        "trained {} steps at {:.0} tokens/s; held-out loss {}; written to {}",
+        report.steps.len(),
+        report.tokens_per_second,
+        report
+            .final_held_out_loss
+            .map_or("none".into(), |l| format!("{l:.3}")),
+        args.out.display()
+    );
+    super::commands::print_json(&report)
+}
+
+pub fn run(cmd: ModelsCommand) -> Result<()> {
+    match cmd {
+        ModelsCommand::Train(args) => train(args),
+    }
+}
