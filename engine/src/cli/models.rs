@@ -76,7 +76,7 @@ fn train(args: TrainArgs) -> Result<()> {
     } else {
         Tokenizer::from_file(std::path::Path::new(&args.tokenizer))?
     };
-    if args.heads == 0 || args.hidden % (2 * args.heads) != 0 {
+    if args.heads == 0 || !args.hidden.is_multiple_of(2 * args.heads) {
         bail!("--hidden must be a multiple of twice --heads (rotary positions need an even head size)");
     }
     let model = LlamaConfig {
