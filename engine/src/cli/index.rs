@@ -53,8 +53,9 @@ pub enum IndexCommand {
     },
 }
 
+/// Where records come from and how they are tokenized: what index builds and training share.
 #[derive(Debug, Args)]
-pub struct BuildArgs {
+pub struct CorpusArgs {
     /// A Parquet file with the text field, `_record_id` and `_contributor` (a version export).
     #[arg(long, conflicts_with = "jsonl")]
     pub parquet: Option<PathBuf>,
@@ -67,6 +68,48 @@ pub struct BuildArgs {
     /// `bytes`, `bpe:VOCAB` (train a byte-level BPE on the corpus) or a tokenizer.json.
     #[arg(long, default_value = "bytes")]
     pub tokenizer: String,
+}
+
+impl CorpusArgs {
+    pub fn corpus(&self) -> Result<Corpus> {
+        Ok(match (&self.parquet, &self.jsonl) {
+            (Some(p), _) => corpus::parquet(p, &self.text_field)?,
+            (None, Some(j)) => corpus::jsonl(j, &self.text_field)?,
+            (None, None) => bail!("give the corpus as --parquet FILE or --jsonl FILE"),
+        })
+    }
+
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
+        if self.tokenizer == "bytes" {
+            return Ok(Tokenizer::Bytes);
+        }
+        if let Some(vocab) = self.tokenizer.strip_prefix("bpe:") {
+            let vocab: u32 = vocab.parse().with_context(|| {
+                format!("--tokenizer {}: {vocab:?} is not a number", self.tokenizer)
+            })?;
+            eprintln!("training a byte-level BPE of {vocab} tokens on the corpus");
+            let texts = self
+                .corpus()?
+                .documents
+                .map_while(|d| d.ok())
+                .map(|d| d.text);
+            return Ok(Tokenizer::train_bpe(texts, vocab)?);
+        }
+        let path = Path::new(&self.tokenizer);
+        if !path.exists() {
+            bail!(
+                "--tokenizer {:?} is not bytes, bpe:VOCAB or an existing tokenizer.json",
+                self.tokenizer
+            );
+        }
+        Ok(Tokenizer::from_file(path)?)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub source: CorpusArgs,
     /// Where indexes live; the new one is `OUT/<hash>`.
     #[arg(long)]
     pub out: PathBuf,
@@ -120,42 +163,9 @@ fn ids(index: &Index, query: &QueryArg) -> Result<Vec<u32>> {
     }
 }
 
-fn corpus(args: &BuildArgs) -> Result<Corpus> {
-    Ok(match (&args.parquet, &args.jsonl) {
-        (Some(p), _) => corpus::parquet(p, &args.text_field)?,
-        (None, Some(j)) => corpus::jsonl(j, &args.text_field)?,
-        (None, None) => bail!("give the corpus as --parquet FILE or --jsonl FILE"),
-    })
-}
-
-fn tokenizer(args: &BuildArgs) -> Result<Tokenizer> {
-    if args.tokenizer == "bytes" {
-        return Ok(Tokenizer::Bytes);
-    }
-    if let Some(vocab) = args.tokenizer.strip_prefix("bpe:") {
-        let vocab: u32 = vocab.parse().with_context(|| {
-            format!("--tokenizer {}: {vocab:?} is not a number", args.tokenizer)
-        })?;
-        eprintln!("training a byte-level BPE of {vocab} tokens on the corpus");
-        let texts = corpus(args)?
-            .documents
-            .map_while(|d| d.ok())
-            .map(|d| d.text);
-        return Ok(Tokenizer::train_bpe(texts, vocab)?);
-    }
-    let path = Path::new(&args.tokenizer);
-    if !path.exists() {
-        bail!(
-            "--tokenizer {:?} is not bytes, bpe:VOCAB or an existing tokenizer.json",
-            args.tokenizer
-        );
-    }
-    Ok(Tokenizer::from_file(path)?)
-}
-
 fn build(args: BuildArgs) -> Result<()> {
-    let tokenizer = tokenizer(&args)?;
-    let corpus = corpus(&args)?;
+    let tokenizer = args.source.tokenizer()?;
+    let corpus = args.source.corpus()?;
     let bar = ProgressBar::new(corpus.total.unwrap_or(0));
     let style = |t: &str| {
         ProgressStyle::with_template(t)

@@ -4,12 +4,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::attribution::corpus;
-use crate::attribution::Tokenizer;
 use crate::model::train::TrainConfig;
 use crate::model::LlamaConfig;
 
@@ -21,17 +19,8 @@ pub enum ModelsCommand {
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// A Parquet file with the text field (a version export).
-    #[arg(long, conflicts_with = "jsonl")]
-    pub parquet: Option<PathBuf>,
-    /// A JSONL file of objects with the text field.
-    #[arg(long)]
-    pub jsonl: Option<PathBuf>,
-    #[arg(long, default_value = "text")]
-    pub text_field: String,
-    /// `bytes`, `bpe:VOCAB` (trained on the corpus) or a tokenizer.json.
-    #[arg(long, default_value = "bytes")]
-    pub tokenizer: String,
+    #[command(flatten)]
+    pub source: super::index::CorpusArgs,
     /// The model's directory.
     #[arg(long)]
     pub out: PathBuf,
@@ -53,29 +42,8 @@ pub struct TrainArgs {
     pub seed: u64,
 }
 
-fn corpus_of(args: &TrainArgs) -> Result<corpus::Corpus> {
-    Ok(match (&args.parquet, &args.jsonl) {
-        (Some(p), _) => corpus::parquet(p, &args.text_field)?,
-        (None, Some(j)) => corpus::jsonl(j, &args.text_field)?,
-        (None, None) => bail!("give the corpus as --parquet FILE or --jsonl FILE"),
-    })
-}
-
 fn train(args: TrainArgs) -> Result<()> {
-    let tokenizer = if args.tokenizer == "bytes" {
-        Tokenizer::Bytes
-    } else if let Some(vocab) = args.tokenizer.strip_prefix("bpe:") {
-        let vocab: u32 = vocab.parse().with_context(|| {
-            format!("--tokenizer {}: {vocab:?} is not a number", args.tokenizer)
-        })?;
-        let texts = corpus_of(&args)?
-            .documents
-            .map_while(|d| d.ok())
-            .map(|d| d.text);
-        Tokenizer::train_bpe(texts, vocab)?
-    } else {
-        Tokenizer::from_file(std::path::Path::new(&args.tokenizer))?
-    };
+    let tokenizer = args.source.tokenizer()?;
     if args.heads == 0 || !args.hidden.is_multiple_of(2 * args.heads) {
         bail!("--hidden must be a multiple of twice --heads (rotary positions need an even head size)");
     }
@@ -105,7 +73,7 @@ fn train(args: TrainArgs) -> Result<()> {
             .progress_chars("=> "),
     );
     let report = crate::model::factory::train_from_scratch(
-        corpus_of(&args)?,
+        args.source.corpus()?,
         &tokenizer,
         model,
         &cfg,
