@@ -23,6 +23,9 @@ pub enum IndexCommand {
         /// The index's directory.
         #[arg(long)]
         index: PathBuf,
+        /// Re-hash the files and check that they match the index's name.
+        #[arg(long)]
+        verify: bool,
     },
     /// Count occurrences of an n-gram, or of each n-gram of a file (one per line).
     Count {
@@ -227,7 +230,14 @@ fn build(args: BuildArgs) -> Result<()> {
 pub fn run(cmd: IndexCommand) -> Result<()> {
     match cmd {
         IndexCommand::Build(args) => build(args),
-        IndexCommand::Info { index } => print_json(&open(&index)?.meta),
+        IndexCommand::Info { index, verify } => {
+            let index = open(&index)?;
+            if verify {
+                index.verify()?;
+                eprintln!("verified: the files hash to {}", index.meta.hash);
+            }
+            print_json(&index.meta)
+        }
         IndexCommand::Count {
             index,
             query,

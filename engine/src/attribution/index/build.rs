@@ -321,7 +321,10 @@ where
 }
 
 /// BLAKE3 over the metadata (without its hash) and each file's hash, in a fixed order.
-fn content_hash(meta: &IndexMeta, files: &[[u8; 32]]) -> Result<String, AttributionError> {
+pub(crate) fn content_hash(
+    meta: &IndexMeta,
+    files: &[[u8; 32]],
+) -> Result<String, AttributionError> {
     let mut unnamed = meta.clone();
     unnamed.hash = String::new();
     let mut hasher = blake3::Hasher::new();

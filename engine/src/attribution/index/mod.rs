@@ -186,6 +186,36 @@ impl Index {
         &self.dir
     }
 
+    /// Re-hashes the files and checks that they are what the index is named by: its
+    /// metadata's hash and its directory's name.
+    pub fn verify(&self) -> Result<(), AttributionError> {
+        let name = self
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut files = Vec::new();
+        for f in [
+            TOKENS_FILE,
+            SA_FILE,
+            OFFSETS_FILE,
+            RECORDS_FILE,
+            UNIGRAMS_FILE,
+        ] {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update_reader(File::open(self.dir.join(f))?)?;
+            files.push(*hasher.finalize().as_bytes());
+        }
+        let hash = build::content_hash(&self.meta, &files)?;
+        if hash != self.meta.hash || hash != name {
+            return Err(AttributionError::index(
+                &name,
+                format!("its contents hash to {hash}, not to its name"),
+            ));
+        }
+        Ok(())
+    }
+
     /// The tokenizer the index was built with (a query must be tokenized the same way).
     pub fn tokenizer(&self) -> Result<super::Tokenizer, AttributionError> {
         let tokenizer = match self.meta.tokenizer.as_str() {
@@ -446,6 +476,31 @@ mod tests {
         let span = index.record_span(3);
         let text: Vec<u8> = index.tokens(span).iter().map(|&t| t as u8).collect();
         assert_eq!(text, TEXTS[3].as_bytes());
+    }
+
+    #[test]
+    fn an_index_verifies_until_a_byte_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let index = build_index(dir.path(), TEXTS, &Tokenizer::Bytes);
+        index.verify().expect("verifies");
+        let path = index.dir().join(TOKENS_FILE);
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[3] ^= 1;
+        drop(index);
+        std::fs::write(&path, &bytes).expect("write");
+        let reopened = Index::open(&dir.path().join(build_hash(dir.path()))).expect("open");
+        let err = reopened.verify().expect_err("tampered");
+        assert!(err.to_string().contains("not to its name"), "{err}");
+    }
+
+    /// The one index directory under `dir`.
+    fn build_hash(dir: &Path) -> String {
+        std::fs::read_dir(dir)
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| !n.starts_with('.'))
+            .expect("an index")
     }
 
     #[test]
