@@ -250,6 +250,7 @@ fn attribute_verify_and_prove_through_the_api() {
         .json()
         .expect("verified");
     assert_eq!(verified["matches"], true, "{verified}");
+    assert_eq!(verified["index_verified"], true);
     assert_eq!(verified["recomputed"], id.as_str());
 
     // No proof while the epoch is open; closing it is for the admin; then the proof checks.

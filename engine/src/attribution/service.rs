@@ -34,6 +34,8 @@ pub struct Verification {
     pub id: String,
     /// Whether recomputing from the pinned index gave the same record.
     pub matches: bool,
+    /// Whether the index's files still hash to its name (checked once per index and process).
+    pub index_verified: bool,
     /// The id the recomputation gave.
     pub recomputed: String,
 }
@@ -149,6 +151,8 @@ pub struct Attributions {
     dir: PathBuf,
     store: Arc<Store>,
     open: Mutex<HashMap<String, Arc<Index>>>,
+    /// Indexes whose files were re-hashed and matched their names.
+    verified: Mutex<std::collections::HashSet<String>>,
     /// Held while an attribution is filed or an epoch closes, so none lands in a closed one.
     epoch: Mutex<()>,
 }
@@ -159,6 +163,7 @@ impl Attributions {
             dir: data_dir.join("indexes"),
             store,
             open: Mutex::new(HashMap::new()),
+            verified: Mutex::new(Default::default()),
             epoch: Mutex::new(()),
         }
     }
@@ -358,13 +363,29 @@ impl Attributions {
         let stored = self.get(id)?;
         let a = &stored.attribution;
         let index = self.index(&a.index)?;
+        let index_verified = {
+            let known = self
+                .verified
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&a.index);
+            known || {
+                let ok = index.verify().is_ok();
+                if ok {
+                    let mut v = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+                    v.insert(a.index.clone());
+                }
+                ok
+            }
+        };
         let trace = index.trace(&stored.output, &a.params)?;
         let again =
             AttributionRecord::from_trace(&a.request_id, &index, &a.params, &stored.output, &trace);
-        let matches = again == *a && a.check().is_ok();
+        let matches = index_verified && again == *a && a.check().is_ok();
         Ok(Verification {
             id: id.to_string(),
             matches,
+            index_verified,
             recomputed: again.id,
         })
     }
