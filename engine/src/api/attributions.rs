@@ -138,8 +138,13 @@ async fn readable_index(
     hash: &str,
 ) -> Result<std::sync::Arc<crate::attribution::Index>, ApiError> {
     let attributions = service(app);
-    let h = hash.to_string();
-    let index = blocking(move || attributions.index(&h).map_err(ApiError::from)).await?;
+    let index = match attributions.cached(hash) {
+        Some(index) => index,
+        None => {
+            let h = hash.to_string();
+            blocking(move || attributions.index(&h).map_err(ApiError::from)).await?
+        }
+    };
     match &index.meta.datanet {
         Some(d) => {
             readable(app, principal, d).await?;

@@ -172,6 +172,12 @@ impl Attributions {
         &self.dir
     }
 
+    /// The index named `hash` if it is open already (no I/O: safe on an async worker).
+    pub fn cached(&self, hash: &str) -> Option<Arc<Index>> {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.get(hash).cloned()
+    }
+
     /// The index named `hash`, opened once.
     pub fn index(&self, hash: &str) -> Result<Arc<Index>, AttributionError> {
         // Only a 64-digit hex name can be an index: nothing else reaches the filesystem.
