@@ -114,18 +114,22 @@ impl Index {
         }
         let min_len = params.min_len.max(1);
         Ok(with_view!(self, |view: T| {
-            // An id the index cannot hold occurs nowhere: spans stop before it.
-            let tokens: Vec<Option<T>> = output
+            // An id the index cannot hold occurs nowhere: spans stop before it. It is stored
+            // as the separator, and every run is cut at the first one, so that nothing is
+            // copied per start.
+            let tokens: Vec<T> = output
                 .iter()
-                .map(|&id| self.convert::<T>(&[id]).map(|v| v[0]))
+                .map(|&id| self.convert::<T>(&[id]).map_or(T::SEP, |v| v[0]))
                 .collect();
+            let mut stops = vec![tokens.len(); tokens.len() + 1];
+            for i in (0..tokens.len()).rev() {
+                stops[i] = if tokens[i] == T::SEP { i } else { stops[i + 1] };
+            }
             let mut found = Vec::new();
             let mut last_end = 0;
-            let mut run: Vec<T> = Vec::new();
             for start in 0..output.len() {
-                run.clear();
-                run.extend(tokens[start..].iter().map_while(|t| *t));
-                let mut len = view.longest_prefix(&run);
+                let run = &tokens[start..stops[start]];
+                let mut len = view.longest_prefix(run);
                 if let Some(cut) = run[..len.saturating_sub(1)]
                     .iter()
                     .position(|t| params.delimiters.contains(&t.id()))
