@@ -5,8 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::trace::{Trace, TraceParams, SCORE_UNIT};
+use super::trace::{RecordScore, Trace, TraceParams, SCORE_UNIT};
 use super::{AttributionError, Index};
+use crate::identity::Address;
 use crate::merkle::keccak256;
 
 /// The attribution method a record was made by.
@@ -39,6 +40,25 @@ pub struct ScoredRecord {
 pub struct ScoredContributor {
     pub contributor: String,
     pub score: u64,
+}
+
+impl From<&RecordScore> for ScoredRecord {
+    fn from(r: &RecordScore) -> Self {
+        Self {
+            record_id: hex::encode(r.id),
+            contributor: r.contributor.to_checksum(),
+            score: r.score,
+        }
+    }
+}
+
+impl From<&(Address, u64)> for ScoredContributor {
+    fn from((a, s): &(Address, u64)) -> Self {
+        Self {
+            contributor: a.to_checksum(),
+            score: *s,
+        }
+    }
 }
 
 /// An attribution, as stored and served.
@@ -105,22 +125,11 @@ impl AttributionRecord {
                     count: s.count,
                 })
                 .collect(),
-            records: trace
-                .records
-                .iter()
-                .map(|r| ScoredRecord {
-                    record_id: hex::encode(r.id),
-                    contributor: r.contributor.to_checksum(),
-                    score: r.score,
-                })
-                .collect(),
+            records: trace.records.iter().map(ScoredRecord::from).collect(),
             contributors: trace
                 .contributors
                 .iter()
-                .map(|(a, s)| ScoredContributor {
-                    contributor: a.to_checksum(),
-                    score: *s,
-                })
+                .map(ScoredContributor::from)
                 .collect(),
             score_unit: SCORE_UNIT,
         };

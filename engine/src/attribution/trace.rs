@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::index::layout::Token;
 use super::index::{with_view, Index};
+use super::record::{ScoredContributor, ScoredRecord};
 use super::AttributionError;
 use crate::identity::Address;
 
@@ -301,18 +302,18 @@ pub struct OccurrenceReport {
     pub record_id: String,
 }
 
+/// A record's score as the record keeps it, and as a fraction.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RecordReport {
-    pub record_id: String,
-    pub contributor: String,
-    pub score: u64,
+    #[serde(flatten)]
+    pub scored: ScoredRecord,
     pub share: f64,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ContributorReport {
-    pub contributor: String,
-    pub score: u64,
+    #[serde(flatten)]
+    pub scored: ScoredContributor,
     pub share: f64,
 }
 
@@ -352,19 +353,16 @@ impl Trace {
                 .records
                 .iter()
                 .map(|r| RecordReport {
-                    record_id: hex::encode(r.id),
-                    contributor: r.contributor.to_checksum(),
-                    score: r.score,
+                    scored: r.into(),
                     share: share(r.score),
                 })
                 .collect(),
             contributors: self
                 .contributors
                 .iter()
-                .map(|(a, s)| ContributorReport {
-                    contributor: a.to_checksum(),
-                    score: *s,
-                    share: share(*s),
+                .map(|c| ContributorReport {
+                    scored: c.into(),
+                    share: share(c.1),
                 })
                 .collect(),
             score_unit: SCORE_UNIT,
