@@ -5,41 +5,10 @@
 
 mod common;
 
-use common::{example, stderr, Server};
+use common::{published, stderr, Server};
 use serde_json::{json, Value};
 use tributary::datanet::parse_hex32;
 use tributary::merkle;
-
-/// The quickstart Datanet with its first batch approved and published as version 1.
-fn published(server: &Server, dir: &std::path::Path) -> (String, String) {
-    let curator = server.token("carol", "curator", &[]);
-    let key = dir.join("bob.key");
-    let key_arg = key.to_str().expect("utf8");
-    let address = server.cli(None, &["keys", "new", "--key", key_arg]);
-    assert!(address.status.success(), "{}", stderr(&address));
-    let address = String::from_utf8_lossy(&address.stdout).trim().to_string();
-    let contributor = server.token("bob", "contributor", &["--address", &address]);
-    let spec = example("datanet.json");
-    server.cli_json(
-        Some(&curator),
-        &["datanets", "create", spec.to_str().expect("utf8")],
-    );
-    let tips = example("tips.jsonl");
-    server.cli_json(
-        Some(&contributor),
-        &[
-            "contribute",
-            "kitchen-tips",
-            tips.to_str().expect("utf8"),
-            "--key",
-            key_arg,
-        ],
-    );
-    server.cli_json(Some(&curator), &["batches", "approve", "kitchen-tips", "1"]);
-    let version = server.cli_json(Some(&curator), &["versions", "publish", "kitchen-tips"]);
-    assert_eq!(version["version"], 1);
-    (curator, address)
-}
 
 #[test]
 fn attribute_verify_and_prove_through_the_api() {
@@ -100,14 +69,7 @@ fn attribute_verify_and_prove_through_the_api() {
         .expect("type")
         .starts_with("text/event-stream"));
     let body = stream.text().expect("events");
-    let events: Vec<(String, Value)> = body
-        .split("\n\n")
-        .filter_map(|block| {
-            let name = block.lines().find_map(|l| l.strip_prefix("event: "))?;
-            let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
-            Some((name.to_string(), serde_json::from_str(data).expect("json")))
-        })
-        .collect();
+    let events = common::events(&body);
     let (last, done) = events.last().expect("an event");
     assert_eq!(last, "done", "{body}");
     assert_eq!(done["state"], "succeeded", "{done}");

@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod jobs;
 pub mod metrics;
+pub mod models;
 pub mod openapi;
 pub mod plugins;
 pub mod tokens;
@@ -54,8 +55,10 @@ pub struct AppState {
     pub plugins: Option<Arc<crate::plugin::Plugins>>,
     /// Span indexes and attribution records.
     pub attributions: Arc<crate::attribution::service::Attributions>,
-    /// Background work (index builds), watched through `/v1/jobs/{id}`.
+    /// Background work (index builds, training), watched through `/v1/jobs/{id}`.
     pub jobs: Arc<crate::jobs::Jobs>,
+    /// Trained models and their cards.
+    pub models: Arc<crate::model::registry::Registry>,
 }
 
 /// Runs blocking library work off the async workers.
@@ -131,6 +134,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/attributions/{id}/proof", get(attributions::proof))
         .route("/v1/epochs/close", post(attributions::close_epoch))
         .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/v1/jobs/{id}/cancel", post(models::cancel))
+        .route("/v1/models", post(models::train).get(models::list))
+        .route("/v1/models/{id}", get(models::get))
         .route("/v1/tokens", post(tokens::create))
         .route(
             "/v1/plugins/{id}",

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{attributions, datanets, jobs, plugins, tokens};
+use super::{attributions, datanets, jobs, models, plugins, tokens};
 
 struct BearerAuth;
 
@@ -19,7 +19,7 @@ impl Modify for BearerAuth {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Tributary", description = "Datanets, signed contributions and versions, the WASM plugins that validate them, and span attribution of outputs to the records they came from. Errors are application/problem+json."),
+    info(title = "Tributary", description = "Datanets, signed contributions and versions, the WASM plugins that validate them, span attribution of outputs to the records they came from, and the Model Factory that trains models and LoRA adapters on versions. Errors are application/problem+json."),
     paths(
         datanets::create, datanets::list, datanets::get, datanets::update,
         datanets::contribute, datanets::list_batches, datanets::get_batch, datanets::review,
@@ -29,7 +29,8 @@ impl Modify for BearerAuth {
         plugins::install, plugins::list, plugins::get, plugins::remove,
         attributions::build, attributions::list, attributions::get, attributions::query, attributions::attribute,
         attributions::get_attribution, attributions::verify, attributions::proof,
-        attributions::close_epoch, jobs::get,
+        attributions::close_epoch, jobs::get, models::cancel,
+        models::train, models::list, models::get,
     ),
     modifiers(&BearerAuth)
 )]

@@ -90,9 +90,23 @@ fn serve(args: ServeArgs) -> Result<()> {
     if args.demo {
         super::demo::seed(&datanets, &plugins, &attributions, &args)?;
     }
+    let bases = args
+        .bases_dir
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("bases"));
+    let models = Arc::new(crate::model::registry::Registry::open(
+        &args.data_dir,
+        &bases,
+        datanets.store().clone(),
+    ));
+    let (jobs, queued) =
+        crate::jobs::Jobs::open(datanets.store().clone()).context("reading the saved jobs")?;
+    let jobs = Arc::new(jobs);
+    api::models::resume(&jobs, queued, &models, &datanets, &attributions);
     let state = AppState {
         attributions,
-        jobs: Arc::default(),
+        jobs,
+        models,
         datanets,
         limits: Limits {
             max_upload_bytes: args.max_upload_bytes,

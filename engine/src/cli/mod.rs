@@ -111,6 +111,10 @@ pub struct ServeArgs {
     /// into target/plugins/wasm32-wasip2/plugin); the demo installs two and attaches them.
     #[arg(long, requires = "demo")]
     pub demo_plugins: Option<PathBuf>,
+    /// Where pretrained bases (GGUF files) are found for LoRA runs; default `DATA_DIR/bases`.
+    /// `./dev` fetches SmolLM2-135M-Instruct into `.cache/bases`.
+    #[arg(long, env = "TRIBUTARY_BASES_DIR")]
+    pub bases_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

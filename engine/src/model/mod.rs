@@ -14,6 +14,7 @@ pub mod generate;
 pub mod gguf;
 pub mod llama;
 pub mod lora;
+pub mod registry;
 pub mod train;
 
 pub use config::LlamaConfig;

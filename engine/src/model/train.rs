@@ -70,6 +70,8 @@ pub struct StepReport {
     pub grad_norm: f64,
     pub tokens_per_second: f64,
     pub held_out_loss: Option<f64>,
+    /// Since the run started.
+    pub seconds: f64,
 }
 
 /// What a run did.
@@ -298,6 +300,7 @@ pub fn train(
             grad_norm,
             tokens_per_second: tokens as f64 / started.elapsed().as_secs_f64().max(1e-9),
             held_out_loss,
+            seconds: started.elapsed().as_secs_f64(),
         };
         observer.step(&report);
         steps.push(report);

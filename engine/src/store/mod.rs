@@ -33,7 +33,11 @@ pub const CF_PLUGINS: &str = "plugins";
 /// Attribution records (`a/<id>`), request ids (`r/<request>`), epochs (`e/<epoch>/<id>`) and
 /// the closed epochs' roots (`root/<epoch>`).
 pub const CF_ATTRIBUTIONS: &str = "attributions";
-const ALL_CFS: [&str; 9] = [
+/// Background jobs by id: their last status and, for work that can resume, the request.
+pub const CF_JOBS: &str = "jobs";
+/// Model cards by model id.
+pub const CF_MODELS: &str = "models";
+const ALL_CFS: [&str; 11] = [
     CF_CATALOG,
     CF_BATCHES,
     CF_RECORDS,
@@ -43,6 +47,8 @@ const ALL_CFS: [&str; 9] = [
     CF_PLUGIN_STATE,
     CF_PLUGINS,
     CF_ATTRIBUTIONS,
+    CF_JOBS,
+    CF_MODELS,
 ];
 
 /// Bits per key of the record index's Bloom filter: dedup lookups are mostly misses, and at

@@ -198,3 +198,45 @@ pub fn smollm2(test: &str) -> Option<PathBuf> {
         None
     }
 }
+
+/// The quickstart Datanet with its first batch approved and published as version 1.
+pub fn published(server: &Server, dir: &std::path::Path) -> (String, String) {
+    let curator = server.token("carol", "curator", &[]);
+    let key = dir.join("bob.key");
+    let key_arg = key.to_str().expect("utf8");
+    let address = server.cli(None, &["keys", "new", "--key", key_arg]);
+    assert!(address.status.success(), "{}", stderr(&address));
+    let address = String::from_utf8_lossy(&address.stdout).trim().to_string();
+    let contributor = server.token("bob", "contributor", &["--address", &address]);
+    let spec = example("datanet.json");
+    server.cli_json(
+        Some(&curator),
+        &["datanets", "create", spec.to_str().expect("utf8")],
+    );
+    let tips = example("tips.jsonl");
+    server.cli_json(
+        Some(&contributor),
+        &[
+            "contribute",
+            "kitchen-tips",
+            tips.to_str().expect("utf8"),
+            "--key",
+            key_arg,
+        ],
+    );
+    server.cli_json(Some(&curator), &["batches", "approve", "kitchen-tips", "1"]);
+    let version = server.cli_json(Some(&curator), &["versions", "publish", "kitchen-tips"]);
+    assert_eq!(version["version"], 1);
+    (curator, address)
+}
+
+/// The named events of a server-sent event stream, with their JSON data.
+pub fn events(body: &str) -> Vec<(String, serde_json::Value)> {
+    body.split("\n\n")
+        .filter_map(|block| {
+            let name = block.lines().find_map(|l| l.strip_prefix("event: "))?;
+            let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
+            Some((name.to_string(), serde_json::from_str(data).expect("json")))
+        })
+        .collect()
+}
