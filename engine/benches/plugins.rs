@@ -75,7 +75,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn main() {
     // As the `tributary` binary does: see `tributary::tuning`.
-    tributary::tuning::relaunch_with_tuned_memmove();
+    tributary::tuning::relaunch_tuned();
     let n: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())

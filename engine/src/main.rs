@@ -1,6 +1,6 @@
 //! The `tributary` binary: see [`tributary::cli`].
 
 fn main() -> std::process::ExitCode {
-    tributary::tuning::relaunch_with_tuned_memmove();
+    tributary::tuning::relaunch_tuned();
     tributary::cli::main()
 }

@@ -91,6 +91,9 @@ pub struct RunArgs {
     /// Save the trainable weights every this many steps, under OUT/checkpoints/.
     #[arg(long, default_value_t = 0)]
     pub checkpoint_every: usize,
+    /// Held-out loss every this many steps (default: a fifth of the steps; 0: never).
+    #[arg(long)]
+    pub eval_every: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -103,7 +106,7 @@ impl RunArgs {
             seq_len: self.seq_len,
             lr: self.lr.unwrap_or(default_lr),
             warmup_steps: (self.steps / 10).max(1),
-            eval_every: (self.steps / 5).max(1),
+            eval_every: self.eval_every.unwrap_or((self.steps / 5).max(1)),
             seed: self.seed,
             checkpoint_every: self.checkpoint_every,
             ..TrainConfig::default()

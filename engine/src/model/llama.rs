@@ -1,7 +1,9 @@
 //! A Llama-style decoder (Touvron et al., 2023: RMSNorm, rotary positions, SwiGLU, grouped-
 //! query attention; tied embeddings as an option) in the shape of candle's model files. The
-//! forward pass uses only differentiable ops (`rms_norm_slow`, `rope_slow`, `ops::softmax`):
-//! candle's fused kernels for these have no backward pass, and gradients would silently stop.
+//! forward pass uses only differentiable ops: our fused kernels with their own backward passes
+//! (`fused`) in f32 and f64, or candle's composed ops (`rms_norm_slow`, `rope_slow`,
+//! `ops::softmax`) in other dtypes. candle's fused kernels (`rms_norm`, `rope`,
+//! `softmax_last_dim`) have no backward pass, and gradients would silently stop at them.
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::ops::{rms_norm_slow, softmax};
@@ -9,6 +11,7 @@ use candle_nn::rotary_emb::rope_slow;
 use candle_nn::{Init, VarBuilder};
 
 use super::config::LlamaConfig;
+use super::fused;
 use super::lora::{LoraLinear, LoraSpec};
 
 /// Layers a LoRA adapter can target, by their Hugging Face names.
@@ -83,8 +86,11 @@ impl Attention {
         let k = split(self.k_proj.forward(x)?, self.kv_heads)?;
         let v = split(self.v_proj.forward(x)?, self.kv_heads)?;
         let (cos, sin) = (rope.cos.narrow(0, pos, t)?, rope.sin.narrow(0, pos, t)?);
-        let q = rope_slow(&q, &cos, &sin)?;
-        let k = rope_slow(&k, &cos, &sin)?;
+        let (q, k) = if rope.fused {
+            (fused::rope(&q, &cos, &sin)?, fused::rope(&k, &cos, &sin)?)
+        } else {
+            (rope_slow(&q, &cos, &sin)?, rope_slow(&k, &cos, &sin)?)
+        };
         let (k, v) = match cache {
             None => (k, v),
             Some(cache) => {
@@ -98,12 +104,17 @@ impl Attention {
         };
         let k = self.repeat_kv(k)?;
         let v = self.repeat_kv(v)?;
-        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
-        let scores = match mask {
-            Some(mask) => scores.broadcast_add(mask)?,
-            None => scores,
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let weights = if rope.fused {
+            fused::causal_softmax(&q.matmul(&k.t()?)?, scale, pos)?
+        } else {
+            let scores = (q.matmul(&k.t()?)? * scale)?;
+            let scores = match mask {
+                Some(mask) => scores.broadcast_add(mask)?,
+                None => scores,
+            };
+            softmax(&scores, D::Minus1)?
         };
-        let weights = softmax(&scores, D::Minus1)?;
         let y = weights
             .matmul(&v)?
             .transpose(1, 2)?
@@ -165,13 +176,13 @@ impl Block {
         cache: Option<&mut LayerCache>,
     ) -> Result<Tensor> {
         let h = (x + self.self_attn.forward(
-            &rms_norm_slow(x, &self.input_layernorm, self.eps)?,
+            &norm(x, &self.input_layernorm, self.eps, rope.fused)?,
             rope,
             pos,
             mask,
             cache,
         )?)?;
-        let normed = rms_norm_slow(&h, &self.post_attention_layernorm, self.eps)?;
+        let normed = norm(&h, &self.post_attention_layernorm, self.eps, rope.fused)?;
         h + self.mlp.forward(&normed)?
     }
 
@@ -211,10 +222,20 @@ impl KvCache {
     }
 }
 
-/// Rotary position tables, `(max_positions, head_dim / 2)`.
+fn norm(x: &Tensor, w: &Tensor, eps: f32, fused: bool) -> Result<Tensor> {
+    if fused {
+        fused::rms_norm(x, w, eps as f64)
+    } else {
+        rms_norm_slow(x, w, eps)
+    }
+}
+
+/// Rotary position tables, `(max_positions, head_dim / 2)`, and whether the fused kernels
+/// serve this dtype (the decoder's one switch between them and candle's composed ops).
 struct Rope {
     cos: Tensor,
     sin: Tensor,
+    fused: bool,
 }
 
 impl Rope {
@@ -231,6 +252,7 @@ impl Rope {
         Ok(Self {
             cos: freqs.cos()?.to_dtype(dtype)?,
             sin: freqs.sin()?.to_dtype(dtype)?,
+            fused: fused::supported(dtype) && device.is_cpu(),
         })
     }
 }
@@ -341,8 +363,9 @@ impl Llama {
             .embed_tokens
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, t, self.config.hidden_size))?;
-        // A single new token may see every cached position: no mask.
-        let mask = if t > 1 {
+        // A single new token may see every cached position: no mask. The fused softmax masks
+        // by position itself.
+        let mask = if t > 1 && !self.rope.fused {
             let mask: Vec<f32> = (0..t)
                 .flat_map(|i| {
                     (0..pos + t).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 })
@@ -362,10 +385,15 @@ impl Llama {
         if let Some(c) = cache {
             c.positions += t;
         }
-        let x = rms_norm_slow(&x, &self.norm, self.config.rms_norm_eps as f32)?;
+        let x = norm(
+            &x,
+            &self.norm,
+            self.config.rms_norm_eps as f32,
+            self.rope.fused,
+        )?;
         match &self.lm_head {
             Some(head) => head.forward(&x),
-            None => x.broadcast_matmul(&self.embed_tokens.t()?),
+            None => super::lora::linear(&x, &self.embed_tokens),
         }
     }
 

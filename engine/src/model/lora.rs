@@ -63,13 +63,29 @@ impl LoraLinear {
     }
 }
 
+/// `x W^T` for `x` of any rank, as one matrix product over all of `x`'s rows. A batched
+/// product against a broadcast weight would compute the weight's gradient batch by batch and
+/// then sum the batches; one product over the flattened rows computes it at once.
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let dims = x.dims();
+    let (k, lead) = match dims.split_last() {
+        Some((k, lead)) => (*k, lead),
+        None => return x.broadcast_matmul(&w.t()?),
+    };
+    let rows: usize = lead.iter().product();
+    let y = x.reshape((rows, k))?.matmul(&w.t()?)?;
+    let mut out = lead.to_vec();
+    out.push(w.dim(0)?);
+    y.reshape(out)
+}
+
 impl Module for LoraLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.broadcast_matmul(&self.weight.t()?)?;
+        let y = linear(x, &self.weight)?;
         match &self.lora {
             None => Ok(y),
             Some(d) => {
-                let delta = x.broadcast_matmul(&d.a.t()?)?.broadcast_matmul(&d.b.t()?)?;
+                let delta = linear(&linear(x, &d.a)?, &d.b)?;
                 y + (delta * d.scale)?
             }
         }

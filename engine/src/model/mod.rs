@@ -10,10 +10,12 @@ pub mod config;
 pub mod data;
 pub mod factory;
 pub mod files;
+mod fused;
 pub mod generate;
 pub mod gguf;
 pub mod llama;
 pub mod lora;
+pub mod optim;
 pub mod registry;
 pub mod train;
 

@@ -1,0 +1,527 @@
+//! Fused CPU kernels with their backward passes, for the three places where the decoder spends
+//! its time outside matrix products: causal softmax over attention scores, RMSNorm, and rotary
+//! positions. Built from candle's elementwise ops, each of these is five to eight passes over a
+//! tensor forward and more backward, every pass a fresh allocation; fused, it is one pass each
+//! way. candle's own fused versions (`softmax_last_dim`, `rms_norm`, `rope`) have no backward
+//! pass, so gradients would stop at them: these are custom ops whose `bwd` computes the exact
+//! gradient (checked against finite differences by the decoder's tests, in f64).
+//!
+//! Inputs must be contiguous; the decoder makes them so. Rows are independent, so each kernel
+//! splits its rows over the thread pool when there are enough of them.
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+};
+use num_traits::Float;
+use rayon::prelude::*;
+
+/// Rows handed to one task: enough work to be worth a thread.
+const ROWS_PER_TASK: usize = 64;
+
+fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{what}: the input must be contiguous"),
+    }
+}
+
+fn threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
+/// Runs `f` over rows of `width` elements of `out` (and the matching rows of the inputs),
+/// in parallel when there are many rows and more than one thread.
+fn for_rows<T: Send>(out: &mut [T], width: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    let rows = out.len() / width.max(1);
+    if threads() > 1 && rows >= 2 * ROWS_PER_TASK {
+        out.par_chunks_mut(width * ROWS_PER_TASK)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                for (k, row) in chunk.chunks_mut(width).enumerate() {
+                    f(c * ROWS_PER_TASK + k, row)
+                }
+            });
+    } else {
+        for (r, row) in out.chunks_mut(width).enumerate() {
+            f(r, row)
+        }
+    }
+}
+
+macro_rules! dispatch1 {
+    ($s:expr, $l:expr, $what:expr, |$x:ident| $body:expr) => {
+        match $s {
+            CpuStorage::F32(v) => {
+                let $x = contiguous(v, $l, $what)?;
+                CpuStorage::F32($body)
+            }
+            CpuStorage::F64(v) => {
+                let $x = contiguous(v, $l, $what)?;
+                CpuStorage::F64($body)
+            }
+            _ => candle_core::bail!("{}: only f32 and f64 are supported", $what),
+        }
+    };
+}
+
+/// Softmax over the last dimension of `(…, t, s)` scores scaled by `scale`, where row `i` of
+/// each `t` block may attend only to the first `offset + i + 1` columns (causal, after
+/// `offset` cached positions); masked columns get probability zero.
+struct CausalSoftmax {
+    scale: f64,
+    offset: usize,
+}
+
+fn softmax_fwd<T: Float + Send + Sync>(
+    x: &[T],
+    t: usize,
+    s: usize,
+    scale: f64,
+    offset: usize,
+) -> Vec<T> {
+    let mut y = vec![T::zero(); x.len()];
+    let scale = T::from(scale).unwrap_or_else(T::one);
+    for_rows(&mut y, s, |r, out| {
+        let valid = (offset + r % t + 1).min(s);
+        let row = &x[r * s..r * s + valid];
+        let max = row.iter().fold(T::neg_infinity(), |m, &v| m.max(v * scale));
+        let mut sum = T::zero();
+        for (o, &v) in out[..valid].iter_mut().zip(row) {
+            *o = (v * scale - max).exp();
+            sum = sum + *o;
+        }
+        let inv = T::one() / sum;
+        for o in &mut out[..valid] {
+            *o = *o * inv;
+        }
+    });
+    y
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "causal-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = layout.shape().dims();
+        let (t, s) = match dims {
+            [.., t, s] => (*t, *s),
+            _ => candle_core::bail!("causal-softmax: scores need at least two dimensions"),
+        };
+        let out = dispatch1!(storage, layout, "causal-softmax", |x| softmax_fwd(
+            x,
+            t,
+            s,
+            self.scale,
+            self.offset
+        ));
+        Ok((out, layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad = grad.contiguous()?;
+        Ok(Some(res.apply_op2_no_bwd(
+            &grad,
+            &SoftmaxBackward { scale: self.scale },
+        )?))
+    }
+}
+
+/// `dx = scale * y ⊙ (dy − Σ dy ⊙ y)` per row, from the softmax output `y`.
+struct SoftmaxBackward {
+    scale: f64,
+}
+
+fn softmax_bwd<T: Float + Send + Sync>(y: &[T], dy: &[T], s: usize, scale: f64) -> Vec<T> {
+    let mut dx = vec![T::zero(); y.len()];
+    let scale = T::from(scale).unwrap_or_else(T::one);
+    for_rows(&mut dx, s, |r, out| {
+        let (y, dy) = (&y[r * s..(r + 1) * s], &dy[r * s..(r + 1) * s]);
+        let dot = y.iter().zip(dy).fold(T::zero(), |a, (&y, &g)| a + y * g);
+        for ((o, &y), &g) in out.iter_mut().zip(y).zip(dy) {
+            *o = scale * y * (g - dot);
+        }
+    });
+    dx
+}
+
+impl CustomOp2 for SoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "causal-softmax-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let s = l1.shape().dims().last().copied().unwrap_or(1);
+        let out = match (s1, s2) {
+            (CpuStorage::F32(y), CpuStorage::F32(g)) => CpuStorage::F32(softmax_bwd(
+                contiguous(y, l1, "softmax backward")?,
+                contiguous(g, l2, "softmax backward")?,
+                s,
+                self.scale,
+            )),
+            (CpuStorage::F64(y), CpuStorage::F64(g)) => CpuStorage::F64(softmax_bwd(
+                contiguous(y, l1, "softmax backward")?,
+                contiguous(g, l2, "softmax backward")?,
+                s,
+                self.scale,
+            )),
+            _ => candle_core::bail!("softmax backward: f32 or f64, both the same"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// Softmax of `scores * scale` over the last dimension, causal after `offset` positions.
+pub fn causal_softmax(scores: &Tensor, scale: f64, offset: usize) -> Result<Tensor> {
+    scores
+        .contiguous()?
+        .apply_op1(CausalSoftmax { scale, offset })
+}
+
+/// RMSNorm over the last dimension: `y = x / sqrt(mean(x²) + eps) ⊙ w`.
+struct RmsNorm {
+    eps: f64,
+}
+
+fn rms_fwd<T: Float + Send + Sync>(x: &[T], w: &[T], eps: f64) -> Vec<T> {
+    let n = w.len();
+    let mut y = vec![T::zero(); x.len()];
+    let (eps, len) = (
+        T::from(eps).unwrap_or_else(T::zero),
+        T::from(n).unwrap_or_else(T::one),
+    );
+    for_rows(&mut y, n, |r, out| {
+        let row = &x[r * n..(r + 1) * n];
+        let ms = row.iter().fold(T::zero(), |a, &v| a + v * v) / len;
+        let inv = T::one() / (ms + eps).sqrt();
+        for ((o, &v), &w) in out.iter_mut().zip(row).zip(w) {
+            *o = v * inv * w;
+        }
+    });
+    y
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(w)) => CpuStorage::F32(rms_fwd(
+                contiguous(x, l1, "rms-norm")?,
+                contiguous(w, l2, "rms-norm")?,
+                self.eps,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(w)) => CpuStorage::F64(rms_fwd(
+                contiguous(x, l1, "rms-norm")?,
+                contiguous(w, l2, "rms-norm")?,
+                self.eps,
+            )),
+            _ => candle_core::bail!("rms-norm: f32 or f64, both the same"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let n = w.dim(0)?;
+        let rows = x.elem_count() / n;
+        let both =
+            x.apply_op3_no_bwd(w, &grad.contiguous()?, &RmsNormBackward { eps: self.eps })?;
+        let dx = both.narrow(0, 0, rows)?.reshape(x.shape())?;
+        let dw = both.narrow(0, rows, 1)?.reshape(n)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// The gradients of RMSNorm, as one `(rows + 1, n)` tensor: the rows of `dx`, then `dw`.
+struct RmsNormBackward {
+    eps: f64,
+}
+
+fn rms_bwd<T: Float + Send + Sync>(x: &[T], w: &[T], dy: &[T], eps: f64) -> Vec<T> {
+    let n = w.len();
+    let rows = x.len() / n;
+    let (eps, len) = (
+        T::from(eps).unwrap_or_else(T::zero),
+        T::from(n).unwrap_or_else(T::one),
+    );
+    let mut out = vec![T::zero(); (rows + 1) * n];
+    let (dx, dw) = out.split_at_mut(rows * n);
+    // dx row by row: r·(w⊙dy) − x·(r³/n)·Σ(w⊙dy⊙x).
+    for_rows(dx, n, |r, o| {
+        let (x, dy) = (&x[r * n..(r + 1) * n], &dy[r * n..(r + 1) * n]);
+        let ms = x.iter().fold(T::zero(), |a, &v| a + v * v) / len;
+        let inv = T::one() / (ms + eps).sqrt();
+        let dot = x
+            .iter()
+            .zip(dy)
+            .zip(w)
+            .fold(T::zero(), |a, ((&x, &g), &w)| a + g * w * x);
+        let k = inv * inv * inv / len * dot;
+        for (((o, &x), &g), &w) in o.iter_mut().zip(x).zip(dy).zip(w) {
+            *o = inv * g * w - x * k;
+        }
+    });
+    // dw: Σ over rows of dy ⊙ x·r.
+    for r in 0..rows {
+        let (x, dy) = (&x[r * n..(r + 1) * n], &dy[r * n..(r + 1) * n]);
+        let ms = x.iter().fold(T::zero(), |a, &v| a + v * v) / len;
+        let inv = T::one() / (ms + eps).sqrt();
+        for ((o, &x), &g) in dw.iter_mut().zip(x).zip(dy) {
+            *o = *o + g * x * inv;
+        }
+    }
+    out
+}
+
+impl CustomOp3 for RmsNormBackward {
+    fn name(&self) -> &'static str {
+        "rms-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let n = l2.shape().elem_count();
+        let rows = l1.shape().elem_count() / n.max(1);
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(g)) => {
+                CpuStorage::F32(rms_bwd(
+                    contiguous(x, l1, "rms-norm backward")?,
+                    contiguous(w, l2, "rms-norm backward")?,
+                    contiguous(g, l3, "rms-norm backward")?,
+                    self.eps,
+                ))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(g)) => {
+                CpuStorage::F64(rms_bwd(
+                    contiguous(x, l1, "rms-norm backward")?,
+                    contiguous(w, l2, "rms-norm backward")?,
+                    contiguous(g, l3, "rms-norm backward")?,
+                    self.eps,
+                ))
+            }
+            _ => candle_core::bail!("rms-norm backward: f32 or f64, all the same"),
+        };
+        Ok((out, Shape::from((rows + 1, n))))
+    }
+}
+
+/// RMSNorm of `x` over its last dimension with weight `w`.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(w, RmsNorm { eps })
+}
+
+/// Rotary positions on `(b, h, t, d)`, rotating the two halves of each head as `transformers`
+/// does, with tables `cos`, `sin` of `(t, d / 2)`; `inverse` rotates back (the backward pass:
+/// a rotation's gradient is the opposite rotation).
+struct Rope {
+    inverse: bool,
+}
+
+fn rope_apply<T: Float + Send + Sync>(
+    x: &[T],
+    cos: &[T],
+    sin: &[T],
+    t: usize,
+    d: usize,
+    inverse: bool,
+) -> Vec<T> {
+    let half = d / 2;
+    let mut y = vec![T::zero(); x.len()];
+    for_rows(&mut y, d, |r, out| {
+        let p = r % t;
+        let (c, s) = (
+            &cos[p * half..(p + 1) * half],
+            &sin[p * half..(p + 1) * half],
+        );
+        let row = &x[r * d..(r + 1) * d];
+        for k in 0..half {
+            let (x1, x2) = (row[k], row[k + half]);
+            let s = if inverse { -s[k] } else { s[k] };
+            out[k] = x1 * c[k] - x2 * s;
+            out[k + half] = x2 * c[k] + x1 * s;
+        }
+    });
+    y
+}
+
+impl CustomOp3 for Rope {
+    fn name(&self) -> &'static str {
+        "rope"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (t, d) = match l1.shape().dims() {
+            [_, _, t, d] => (*t, *d),
+            _ => candle_core::bail!("rope: the input must be (batch, heads, time, head_dim)"),
+        };
+        if l2.shape().dims() != [t, d / 2] || l3.shape().dims() != [t, d / 2] {
+            candle_core::bail!("rope: the tables must be (time, head_dim / 2)");
+        }
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(c), CpuStorage::F32(s)) => {
+                CpuStorage::F32(rope_apply(
+                    contiguous(x, l1, "rope")?,
+                    contiguous(c, l2, "rope")?,
+                    contiguous(s, l3, "rope")?,
+                    t,
+                    d,
+                    self.inverse,
+                ))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(c), CpuStorage::F64(s)) => {
+                CpuStorage::F64(rope_apply(
+                    contiguous(x, l1, "rope")?,
+                    contiguous(c, l2, "rope")?,
+                    contiguous(s, l3, "rope")?,
+                    t,
+                    d,
+                    self.inverse,
+                ))
+            }
+            _ => candle_core::bail!("rope: f32 or f64, all the same"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dx = grad.contiguous()?.apply_op3_no_bwd(
+            cos,
+            sin,
+            &Rope {
+                inverse: !self.inverse,
+            },
+        )?;
+        Ok((Some(dx), None, None))
+    }
+}
+
+/// Rotary positions on `x` `(b, h, t, d)` with `cos`, `sin` `(t, d / 2)`.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
+    x.contiguous()?
+        .apply_op3(&cos, &sin, Rope { inverse: false })
+}
+
+/// Whether a dtype has fused kernels; others take the composed ops.
+pub fn supported(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::F64)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var, D};
+    use candle_nn::ops::{rms_norm_slow, softmax};
+    use candle_nn::rotary_emb::rope_slow;
+
+    use super::*;
+
+    fn close(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b)
+            .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>())
+            .expect("diff")
+    }
+
+    /// Value and gradient of `Σ f(x) ⊙ r` for a fixed random `r`.
+    fn value_and_grad(x: &Var, r: &Tensor, f: impl Fn(&Tensor) -> Tensor) -> (Tensor, Tensor) {
+        let y = f(x.as_tensor());
+        let loss = (&y * r).and_then(|p| p.sum_all()).expect("loss");
+        let grads = loss.backward().expect("backward");
+        (y, grads.get(x.as_tensor()).expect("grad").clone())
+    }
+
+    #[test]
+    fn fused_kernels_match_candles_composed_ops_in_value_and_gradient() {
+        let dev = Device::Cpu;
+        let (b, h, t, d) = (2, 3, 5, 8);
+        let x = Var::randn(0f64, 1., (b, h, t, t), &dev).expect("x");
+        let r = Tensor::randn(0f64, 1., (b, h, t, t), &dev).expect("r");
+        let mask: Vec<f64> = (0..t)
+            .flat_map(|i| (0..t).map(move |j| if j > i { f64::NEG_INFINITY } else { 0. }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (t, t), &dev).expect("mask");
+        let (y1, g1) = value_and_grad(&x, &r, |x| causal_softmax(x, 0.5, 0).expect("fused"));
+        let (y2, g2) = value_and_grad(&x, &r, |x| {
+            softmax(
+                &(x * 0.5).and_then(|s| s.broadcast_add(&mask)).expect("s"),
+                D::Minus1,
+            )
+            .expect("softmax")
+        });
+        assert!(close(&y1, &y2) < 1e-12 && close(&g1, &g2) < 1e-12);
+
+        let x = Var::randn(0f64, 1., (b, t, d), &dev).expect("x");
+        let w = Var::randn(0f64, 1., d, &dev).expect("w");
+        let r = Tensor::randn(0f64, 1., (b, t, d), &dev).expect("r");
+        let norm = |f: &dyn Fn(&Tensor, &Tensor) -> Tensor| {
+            let y = f(x.as_tensor(), w.as_tensor());
+            let grads = (&y * &r)
+                .and_then(|p| p.sum_all())
+                .expect("loss")
+                .backward()
+                .expect("bwd");
+            (
+                y,
+                grads.get(x.as_tensor()).expect("dx").clone(),
+                grads.get(w.as_tensor()).expect("dw").clone(),
+            )
+        };
+        let (y1, dx1, dw1) = norm(&|x, w| rms_norm(x, w, 1e-5f32 as f64).expect("fused"));
+        let (y2, dx2, dw2) = norm(&|x, w| rms_norm_slow(x, w, 1e-5).expect("slow"));
+        let diffs = (close(&y1, &y2), close(&dx1, &dx2), close(&dw1, &dw2));
+        assert!(
+            diffs.0 < 1e-12 && diffs.1 < 1e-12 && diffs.2 < 1e-12,
+            "{diffs:?}"
+        );
+
+        let x = Var::randn(0f64, 1., (b, h, t, d), &dev).expect("x");
+        let r = Tensor::randn(0f64, 1., (b, h, t, d), &dev).expect("r");
+        let cos = Tensor::randn(0f64, 1., (t, d / 2), &dev).expect("cos");
+        let sin = Tensor::randn(0f64, 1., (t, d / 2), &dev).expect("sin");
+        let (y1, g1) = value_and_grad(&x, &r, |x| rope(x, &cos, &sin).expect("fused"));
+        let (y2, g2) = value_and_grad(&x, &r, |x| rope_slow(x, &cos, &sin).expect("slow"));
+        assert!(close(&y1, &y2) < 1e-12 && close(&g1, &g2) < 1e-12);
+    }
+}
