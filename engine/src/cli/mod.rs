@@ -290,12 +290,7 @@ pub enum TokensCommand {
 /// Runs the command line; returns the process exit code.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Some(n) = cli.global.threads.filter(|&n| n > 0) {
-        // candle reads these when it first builds its pools and at every matmul; no other
-        // thread exists yet to read the environment while it changes.
-        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
+    crate::model::threads::configure(cli.global.threads);
     match commands::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -164,7 +164,7 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     fn load(&self) -> Result<(Base, Llama)> {
-        let device = candle_core::Device::Cpu;
+        let device = crate::model::device();
         let base = Base::open(&self.model, &device)?;
         let mut model = base.model(&device)?;
         if let Some(dir) = &self.adapter {
@@ -304,7 +304,7 @@ fn finetune(args: FinetuneArgs) -> Result<()> {
         bail!("--r must be at least 1");
     }
     eprintln!("loading the base {}", args.base.display());
-    let base = Base::open(&args.base, &candle_core::Device::Cpu)?;
+    let base = Base::open(&args.base, &crate::model::device())?;
     let texts = args.data.texts(&base.template()?)?;
     let cfg = args.run.config(1e-3);
     let run = LoraRun {
@@ -369,7 +369,7 @@ fn logits(args: LogitsArgs) -> Result<()> {
     if ids.is_empty() {
         bail!("no tokens to score");
     }
-    let device = candle_core::Device::Cpu;
+    let device = crate::model::device();
     let input = candle_core::Tensor::from_slice(&ids, (1, ids.len()), &device)?;
     let logits = model.forward(&input)?.squeeze(0)?;
     let ids_tensor = candle_core::Tensor::from_slice(

@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 use candle_nn::{VarBuilder, VarMap};
 use serde::Serialize;
 
@@ -155,7 +155,7 @@ pub fn train_from_scratch(
     model.max_position_embeddings = model.max_position_embeddings.max(cfg.seq_len + 1);
     let documents = tokenize(tokenizer, texts)?;
     let windows = windows(&documents, eos, cfg)?;
-    let device = Device::Cpu;
+    let device = super::device();
     let vars = VarMap::new();
     let llama = Llama::load(VarBuilder::from_varmap(&vars, DType::F32, &device), &model)?;
     train::seeded_init(&vars, cfg.seed)?;
@@ -232,7 +232,7 @@ pub fn fine_tune(
     let eos = base.eos();
     let documents = tokenize(&base.tokenizer, texts)?;
     let windows = windows(&documents, eos, cfg)?;
-    let device = Device::Cpu;
+    let device = super::device();
     let mut llama = base.model(&device)?;
     let vars = VarMap::new();
     let targets: Vec<&str> = run.targets.iter().map(String::as_str).collect();

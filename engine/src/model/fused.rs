@@ -1,6 +1,6 @@
 //! Fused CPU kernels with their backward passes, for the three places where the decoder spends
-//! its time outside matrix products: causal softmax over attention scores, RMSNorm, and rotary
-//! positions. Built from candle's elementwise ops, each of these is five to eight passes over a
+//! its time outside matrix products: causal softmax over attention scores, RMSNorm, rotary
+//! positions, SwiGLU's gate and the cross-entropy loss. Built from candle's elementwise ops, each of these is five to eight passes over a
 //! tensor forward and more backward, every pass a fresh allocation; fused, it is one pass each
 //! way. candle's own fused versions (`softmax_last_dim`, `rms_norm`, `rope`) have no backward
 //! pass, so gradients would stop at them: these are custom ops whose `bwd` computes the exact
@@ -445,6 +445,274 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         .apply_op3(&cos, &sin, Rope { inverse: false })
 }
 
+/// SwiGLU's gate: `silu(g) ⊙ u`, elementwise.
+struct SwiGlu;
+
+fn sigmoid<T: Float>(x: T) -> T {
+    T::one() / (T::one() + (-x).exp())
+}
+
+fn swiglu_fwd<T: Float + Send + Sync>(g: &[T], u: &[T]) -> Vec<T> {
+    let mut y = vec![T::zero(); g.len()];
+    let width = CHUNK_ELEMS.min(g.len().max(1));
+    for_rows(&mut y, width, |r, out| {
+        let at = r * width;
+        for (i, o) in out.iter_mut().enumerate() {
+            let x = g[at + i];
+            *o = x * sigmoid(x) * u[at + i];
+        }
+    });
+    y
+}
+
+/// Elements per task for elementwise kernels.
+const CHUNK_ELEMS: usize = 1 << 10;
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("swiglu: gate and up differ in shape");
+        }
+        let out = match (s1, s2) {
+            (CpuStorage::F32(g), CpuStorage::F32(u)) => CpuStorage::F32(swiglu_fwd(
+                contiguous(g, l1, "swiglu")?,
+                contiguous(u, l2, "swiglu")?,
+            )),
+            (CpuStorage::F64(g), CpuStorage::F64(u)) => CpuStorage::F64(swiglu_fwd(
+                contiguous(g, l1, "swiglu")?,
+                contiguous(u, l2, "swiglu")?,
+            )),
+            _ => candle_core::bail!("swiglu: f32 or f64, both the same"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        g: &Tensor,
+        u: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let both = g.apply_op3_no_bwd(u, &grad.contiguous()?, &SwiGluBackward)?;
+        let n = g.elem_count();
+        let flat = both.flatten_all()?;
+        Ok((
+            Some(flat.narrow(0, 0, n)?.reshape(g.shape())?),
+            Some(flat.narrow(0, n, n)?.reshape(u.shape())?),
+        ))
+    }
+}
+
+/// The gradients of SwiGLU's gate as one tensor: `d_gate` then `d_up`.
+struct SwiGluBackward;
+
+fn swiglu_bwd<T: Float + Send + Sync>(g: &[T], u: &[T], dy: &[T]) -> Vec<T> {
+    let n = g.len();
+    let mut out = vec![T::zero(); 2 * n];
+    let (dg, du) = out.split_at_mut(n);
+    let width = CHUNK_ELEMS.min(n.max(1));
+    for_rows(dg, width, |r, o| {
+        let at = r * width;
+        for (i, o) in o.iter_mut().enumerate() {
+            let (x, s) = (g[at + i], sigmoid(g[at + i]));
+            *o = dy[at + i] * u[at + i] * s * (T::one() + x * (T::one() - s));
+        }
+    });
+    for_rows(du, width, |r, o| {
+        let at = r * width;
+        for (i, o) in o.iter_mut().enumerate() {
+            let x = g[at + i];
+            *o = dy[at + i] * x * sigmoid(x);
+        }
+    });
+    out
+}
+
+impl CustomOp3 for SwiGluBackward {
+    fn name(&self) -> &'static str {
+        "swiglu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let n = l1.shape().elem_count();
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(g), CpuStorage::F32(u), CpuStorage::F32(d)) => {
+                CpuStorage::F32(swiglu_bwd(
+                    contiguous(g, l1, "swiglu backward")?,
+                    contiguous(u, l2, "swiglu backward")?,
+                    contiguous(d, l3, "swiglu backward")?,
+                ))
+            }
+            (CpuStorage::F64(g), CpuStorage::F64(u), CpuStorage::F64(d)) => {
+                CpuStorage::F64(swiglu_bwd(
+                    contiguous(g, l1, "swiglu backward")?,
+                    contiguous(u, l2, "swiglu backward")?,
+                    contiguous(d, l3, "swiglu backward")?,
+                ))
+            }
+            _ => candle_core::bail!("swiglu backward: f32 or f64, all the same"),
+        };
+        Ok((out, Shape::from(2 * n)))
+    }
+}
+
+/// `silu(gate) ⊙ up`.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
+}
+
+/// Cross-entropy of each row of `logits` `(n, vocab)` against its target id: the per-row loss
+/// `logsumexp(row) − row[target]`, `(n,)`. One pass forward; backward `softmax(row) − onehot`,
+/// one pass, instead of the seven tensor ops of a composed log-softmax and gather.
+struct CrossEntropy;
+
+fn ce_fwd<T: Float + Send + Sync>(x: &[T], targets: &[u32], v: usize) -> Result<Vec<T>> {
+    if let Some(&t) = targets.iter().find(|&&t| t as usize >= v) {
+        candle_core::bail!("cross-entropy: target {t} is outside the vocabulary of {v}");
+    }
+    let mut loss = vec![T::zero(); targets.len()];
+    for_rows(&mut loss, 1, |r, out| {
+        let row = &x[r * v..(r + 1) * v];
+        let max = row.iter().fold(T::neg_infinity(), |m, &a| m.max(a));
+        let sum = row.iter().fold(T::zero(), |s, &a| s + (a - max).exp());
+        out[0] = max + sum.ln() - row[targets[r] as usize];
+    });
+    Ok(loss)
+}
+
+fn u32s<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [u32]> {
+    match s {
+        CpuStorage::U32(t) => contiguous(t, l, "cross-entropy targets"),
+        _ => candle_core::bail!("cross-entropy: targets must be u32"),
+    }
+}
+
+impl CustomOp2 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, v) = l1.shape().dims2()?;
+        let targets = u32s(s2, l2)?;
+        if targets.len() != n {
+            candle_core::bail!("cross-entropy: {} targets for {n} rows", targets.len());
+        }
+        let out = match s1 {
+            CpuStorage::F32(x) => {
+                CpuStorage::F32(ce_fwd(contiguous(x, l1, "cross-entropy")?, targets, v)?)
+            }
+            CpuStorage::F64(x) => {
+                CpuStorage::F64(ce_fwd(contiguous(x, l1, "cross-entropy")?, targets, v)?)
+            }
+            _ => candle_core::bail!("cross-entropy: f32 or f64 logits"),
+        };
+        Ok((out, Shape::from(n)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = x.apply_op3_no_bwd(targets, &grad.contiguous()?, &CrossEntropyBackward)?;
+        Ok((Some(dx), None))
+    }
+}
+
+/// `(softmax(row) − onehot(target)) · grad[row]` for each row.
+struct CrossEntropyBackward;
+
+fn ce_bwd<T: Float + Send + Sync>(x: &[T], targets: &[u32], g: &[T], v: usize) -> Vec<T> {
+    let mut dx = vec![T::zero(); x.len()];
+    for_rows(&mut dx, v, |r, out| {
+        let row = &x[r * v..(r + 1) * v];
+        let max = row.iter().fold(T::neg_infinity(), |m, &a| m.max(a));
+        let mut sum = T::zero();
+        for (o, &a) in out.iter_mut().zip(row) {
+            *o = (a - max).exp();
+            sum = sum + *o;
+        }
+        let k = g[r] / sum;
+        for o in out.iter_mut() {
+            *o = *o * k;
+        }
+        let t = targets[r] as usize;
+        out[t] = out[t] - g[r];
+    });
+    dx
+}
+
+impl CustomOp3 for CrossEntropyBackward {
+    fn name(&self) -> &'static str {
+        "cross-entropy-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, v) = l1.shape().dims2()?;
+        let targets = u32s(s2, l2)?;
+        let out = match (s1, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(ce_bwd(
+                contiguous(x, l1, "cross-entropy backward")?,
+                targets,
+                contiguous(g, l3, "cross-entropy backward")?,
+                v,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(ce_bwd(
+                contiguous(x, l1, "cross-entropy backward")?,
+                targets,
+                contiguous(g, l3, "cross-entropy backward")?,
+                v,
+            )),
+            _ => candle_core::bail!("cross-entropy backward: f32 or f64"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// Mean cross-entropy of `logits` `(n, vocab)` against `targets` `(n,)` (u32).
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    logits
+        .contiguous()?
+        .apply_op2(&targets.contiguous()?, CrossEntropy)?
+        .mean_all()
+}
+
 /// Whether a dtype has fused kernels; others take the composed ops.
 pub fn supported(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F64)
@@ -523,5 +791,32 @@ mod tests {
         let (y1, g1) = value_and_grad(&x, &r, |x| rope(x, &cos, &sin).expect("fused"));
         let (y2, g2) = value_and_grad(&x, &r, |x| rope_slow(x, &cos, &sin).expect("slow"));
         assert!(close(&y1, &y2) < 1e-12 && close(&g1, &g2) < 1e-12);
+
+        let up = Tensor::randn(0f64, 1., (b, h, t, d), &dev).expect("up");
+        let (y1, g1) = value_and_grad(&x, &r, |x| swiglu(x, &up).expect("fused"));
+        let (y2, g2) = value_and_grad(&x, &r, |x| (x.silu().expect("silu") * &up).expect("mul"));
+        assert!(close(&y1, &y2) < 1e-12 && close(&g1, &g2) < 1e-12);
+        let u = Var::from_tensor(&up).expect("var");
+        let grads = swiglu(x.as_tensor(), u.as_tensor())
+            .and_then(|y| (y * &r)?.sum_all()?.backward())
+            .expect("grads");
+        let slow = (x.as_tensor().silu().expect("silu") * u.as_tensor())
+            .and_then(|y| (y * &r)?.sum_all()?.backward())
+            .expect("grads");
+        let du = |g: &candle_core::backprop::GradStore| g.get(u.as_tensor()).expect("du").clone();
+        assert!(close(&du(&grads), &du(&slow)) < 1e-12);
+
+        let logits = Var::randn(0f64, 3., (7, 11), &dev).expect("logits");
+        let targets = Tensor::new(&[0u32, 3, 10, 5, 5, 1, 9], &dev).expect("targets");
+        let ce = |f: &dyn Fn(&Tensor) -> Tensor| {
+            let loss = f(logits.as_tensor());
+            let g = loss.backward().expect("bwd");
+            (loss, g.get(logits.as_tensor()).expect("grad").clone())
+        };
+        let (l1, g1) = ce(&|x| cross_entropy(x, &targets).expect("fused"));
+        let (l2, g2) = ce(&|x| candle_nn::loss::cross_entropy(x, &targets).expect("candle"));
+        assert!(close(&l1, &l2) < 1e-12 && close(&g1, &g2) < 1e-12);
+        let outside = Tensor::new(&[11u32, 0, 0, 0, 0, 0, 0], &dev).expect("targets");
+        assert!(cross_entropy(logits.as_tensor(), &outside).is_err());
     }
 }

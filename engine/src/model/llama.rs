@@ -139,9 +139,14 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?.silu()?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
+        let (gate, up) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?);
+        let h = if fused {
+            fused::swiglu(&gate, &up)?
+        } else {
+            (gate.silu()? * up)?
+        };
+        self.down_proj.forward(&h)
     }
 }
 
@@ -183,7 +188,7 @@ impl Block {
             cache,
         )?)?;
         let normed = norm(&h, &self.post_attention_layernorm, self.eps, rope.fused)?;
-        h + self.mlp.forward(&normed)?
+        h + self.mlp.forward(&normed, rope.fused)?
     }
 
     /// Each linear layer with the module it sits in and its name.
@@ -401,11 +406,13 @@ impl Llama {
     pub fn loss(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let logits = self.forward(&ids.narrow(1, 0, t - 1)?)?;
-        let targets = ids.narrow(1, 1, t - 1)?;
-        candle_nn::loss::cross_entropy(
-            &logits.reshape((b * (t - 1), self.config.vocab_size))?,
-            &targets.flatten_all()?,
-        )
+        let targets = ids.narrow(1, 1, t - 1)?.flatten_all()?;
+        let logits = logits.reshape((b * (t - 1), self.config.vocab_size))?;
+        if self.rope.fused {
+            fused::cross_entropy(&logits, &targets)
+        } else {
+            candle_nn::loss::cross_entropy(&logits, &targets)
+        }
     }
 }
 

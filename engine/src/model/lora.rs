@@ -2,7 +2,7 @@
 //! with `A` (r × in) and `B` (out × r) as PEFT names and shapes them (`lora_A`, `lora_B`); `B`
 //! starts at zero so a fresh adapter leaves the base unchanged.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 /// What an adapter adds to one layer.
@@ -63,9 +63,53 @@ impl LoraLinear {
     }
 }
 
+/// The product `y = x W^T` of a frozen `W`, made differentiable in `x` alone: candle's matmul
+/// backward computes the gradient of both operands, and for a frozen base (LoRA) the weight's
+/// would be a third of the training step's arithmetic thrown away. The product itself is
+/// computed outside the graph; this op hands it on (one copy of `y`) and routes the gradient
+/// to `x` as `dy W`.
+struct FrozenProduct {
+    weight: Tensor,
+}
+
+impl CustomOp2 for FrozenProduct {
+    fn name(&self) -> &'static str {
+        "frozen-product"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _x: &CpuStorage,
+        _xl: &Layout,
+        y: &CpuStorage,
+        yl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let Some((start, end)) = yl.contiguous_offsets() else {
+            candle_core::bail!("frozen-product: the product must be contiguous")
+        };
+        let out = match y {
+            CpuStorage::F32(v) => CpuStorage::F32(v[start..end].to_vec()),
+            CpuStorage::F64(v) => CpuStorage::F64(v[start..end].to_vec()),
+            _ => candle_core::bail!("frozen-product: f32 or f64"),
+        };
+        Ok((out, yl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _y: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.matmul(&self.weight)?), None))
+    }
+}
+
 /// `x W^T` for `x` of any rank, as one matrix product over all of `x`'s rows. A batched
 /// product against a broadcast weight would compute the weight's gradient batch by batch and
-/// then sum the batches; one product over the flattened rows computes it at once.
+/// then sum the batches; one product over the flattened rows computes it at once. A weight
+/// that is not a variable gets no gradient at all.
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let dims = x.dims();
     let (k, lead) = match dims.split_last() {
@@ -73,7 +117,13 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         None => return x.broadcast_matmul(&w.t()?),
     };
     let rows: usize = lead.iter().product();
-    let y = x.reshape((rows, k))?.matmul(&w.t()?)?;
+    let x2 = x.reshape((rows, k))?;
+    let y = if x2.track_op() && !w.track_op() && x2.device().is_cpu() {
+        let y = x2.detach().matmul(&w.t()?)?;
+        x2.apply_op2(&y, FrozenProduct { weight: w.clone() })?
+    } else {
+        x2.matmul(&w.t()?)?
+    };
     let mut out = lead.to_vec();
     out.push(w.dim(0)?);
     y.reshape(out)
@@ -89,5 +139,37 @@ impl Module for LoraLinear {
                 y + (delta * d.scale)?
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+
+    #[test]
+    fn a_frozen_weight_passes_the_gradient_to_x_alone() {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f64, 1., (2, 3, 5), &dev).expect("x");
+        let w = Tensor::randn(0f64, 1., (4, 5), &dev).expect("w");
+        let r = Tensor::randn(0f64, 1., (2, 3, 4), &dev).expect("r");
+        let grad = |w: &Tensor| {
+            let y = linear(x.as_tensor(), w).expect("linear");
+            let g = (&y * &r)
+                .and_then(|p| p.sum_all()?.backward())
+                .expect("backward");
+            (y, g.get(x.as_tensor()).expect("dx").clone(), g)
+        };
+        let (y_frozen, dx_frozen, grads) = grad(&w);
+        assert!(grads.get(&w).is_none(), "no gradient for a frozen weight");
+        let trainable = Var::from_tensor(&w).expect("var");
+        let (y, dx, _) = grad(trainable.as_tensor());
+        let max = |a: &Tensor, b: &Tensor| {
+            (a - b)
+                .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>())
+                .expect("diff")
+        };
+        assert!(max(&y_frozen, &y) < 1e-12 && max(&dx_frozen, &dx) < 1e-12);
     }
 }

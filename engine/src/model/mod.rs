@@ -17,7 +17,22 @@ pub mod llama;
 pub mod lora;
 pub mod optim;
 pub mod registry;
+pub mod threads;
 pub mod train;
 
 pub use config::LlamaConfig;
 pub use llama::Llama;
+
+/// Where models run: the first CUDA GPU when the binary is built with the `cuda` feature and
+/// one is present, the CPU otherwise. The fused kernels, the one-pass optimizer and the frozen
+/// products are CPU code; on a GPU the decoder takes candle's composed ops (which have CUDA
+/// kernels) and candle's `AdamW`.
+pub fn device() -> candle_core::Device {
+    #[cfg(feature = "cuda")]
+    {
+        if let Ok(d) = candle_core::Device::cuda_if_available(0) {
+            return d;
+        }
+    }
+    candle_core::Device::Cpu
+}

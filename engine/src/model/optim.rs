@@ -187,6 +187,72 @@ impl AdamW {
     }
 }
 
+/// The optimizer a run uses: ours on the CPU; candle's `AdamW` (the same update, as tensor
+/// ops with GPU kernels) elsewhere.
+pub enum Optimizer {
+    Cpu(AdamW),
+    Tensors {
+        inner: candle_nn::AdamW,
+        vars: Vec<Var>,
+    },
+}
+
+impl Optimizer {
+    pub fn new(vars: Vec<Var>, params: AdamWParams) -> Result<Self> {
+        if vars.iter().all(|v| v.device().is_cpu()) {
+            return Ok(Self::Cpu(AdamW::new(vars, params)?));
+        }
+        let inner = <candle_nn::AdamW as candle_nn::Optimizer>::new(
+            vars.clone(),
+            candle_nn::ParamsAdamW {
+                lr: 0.0,
+                beta1: params.beta1,
+                beta2: params.beta2,
+                eps: params.eps,
+                weight_decay: params.weight_decay,
+            },
+        )?;
+        Ok(Self::Tensors { inner, vars })
+    }
+
+    pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
+        match self {
+            Self::Cpu(o) => o.grad_norm(grads),
+            Self::Tensors { vars, .. } => {
+                let mut sum = 0.0;
+                for v in vars {
+                    if let Some(g) = grads.get(v.as_tensor()) {
+                        sum += g
+                            .sqr()?
+                            .sum_all()?
+                            .to_dtype(DType::F64)?
+                            .to_scalar::<f64>()?;
+                    }
+                }
+                Ok(sum.sqrt())
+            }
+        }
+    }
+
+    pub fn step(&mut self, grads: &mut GradStore, lr: f64, grad_scale: f64) -> Result<()> {
+        match self {
+            Self::Cpu(o) => o.step(grads, lr, grad_scale),
+            Self::Tensors { inner, vars } => {
+                use candle_nn::Optimizer as _;
+                if grad_scale != 1.0 {
+                    for v in vars.iter() {
+                        if let Some(g) = grads.remove(v.as_tensor()) {
+                            grads.insert(v.as_tensor(), (g * grad_scale)?);
+                        }
+                    }
+                }
+                inner.set_learning_rate(lr);
+                inner.step(grads)
+            }
+        }
+    }
+}
+
 enum CpuValues {
     F32(Vec<f32>),
     F64(Vec<f64>),

@@ -557,7 +557,7 @@ impl Registry {
                     run,
                 } => {
                     progress.update("loading the base", 0, None);
-                    let base = Base::open(base, &candle_core::Device::Cpu)
+                    let base = Base::open(base, &super::device())
                         .map_err(|e| ModelError::Failed(e.to_string()))?;
                     let template = base
                         .template()

@@ -12,7 +12,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::optim::{AdamW, AdamWParams};
+use super::optim::{AdamWParams, Optimizer};
 use super::Llama;
 
 /// How to train.
@@ -229,7 +229,7 @@ pub fn train(
     };
     let held_out: Vec<Vec<u32>> = order[..held].iter().map(|&i| windows[i].clone()).collect();
     let train_ids: Vec<usize> = order[held..].to_vec();
-    let mut opt = AdamW::new(
+    let mut opt = Optimizer::new(
         trainable.clone(),
         AdamWParams {
             weight_decay: cfg.weight_decay,
@@ -250,7 +250,7 @@ pub fn train(
         cursor = (cursor + cfg.batch_size) % train_ids.len();
         let input = batch(&picked, device)?;
         let loss = model.loss(&input)?;
-        let grads = loss.backward()?;
+        let mut grads = loss.backward()?;
         let grad_norm = opt.grad_norm(&grads)?;
         let scale = if grad_norm > cfg.grad_clip && grad_norm > 0.0 {
             cfg.grad_clip / grad_norm
@@ -258,7 +258,7 @@ pub fn train(
             1.0
         };
         let lr = lr_at(cfg, step);
-        opt.step(&grads, lr, scale)?;
+        opt.step(&mut grads, lr, scale)?;
         tokens += picked.len() * (picked[0].len() - 1);
         let last = step + 1 == cfg.steps;
         let held_out_loss = if cfg.eval_every > 0 && ((step + 1) % cfg.eval_every == 0 || last) {
