@@ -53,7 +53,7 @@ pub struct JobStatus {
     /// Why a job failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Unix seconds.
+    /// Unix milliseconds.
     #[serde(default)]
     pub created_at: i64,
 }
@@ -91,7 +91,23 @@ struct Handle {
 
 impl Handle {
     fn change(&self, always_save: bool, f: impl FnOnce(&mut JobStatus)) {
-        self.tx.send_modify(f);
+        self.change_if(always_save, |s| {
+            f(s);
+            true
+        });
+    }
+
+    /// Applies `f` atomically with respect to every other change; `f` returns whether it
+    /// changed anything. Returns the same.
+    fn change_if(&self, always_save: bool, f: impl FnOnce(&mut JobStatus) -> bool) -> bool {
+        if !self.tx.send_if_modified(f) {
+            return false;
+        }
+        self.save(always_save);
+        true
+    }
+
+    fn save(&self, always_save: bool) {
         let Some(store) = &self.store else { return };
         let mut last = self.last_saved.lock().unwrap_or_else(|p| p.into_inner());
         if !always_save && last.elapsed() < PERSIST_EVERY {
@@ -137,13 +153,19 @@ impl Handle {
     }
 
     fn run(&self, work: Work) {
-        if self.tx.borrow().finished() {
+        // Queued to running in one step, so that a cancel in between cannot be undone.
+        let started = !self.cancel.load(Ordering::SeqCst)
+            && self.change_if(true, |s| {
+                if s.finished() {
+                    return false;
+                }
+                s.state = JobState::Running;
+                s.stage = "starting".into();
+                true
+            });
+        if !started {
             return;
         }
-        self.change(true, |s| {
-            s.state = JobState::Running;
-            s.stage = "starting".into();
-        });
         let progress = Progress { handle: self };
         // A panic in the work fails the job, not the server.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&progress)))
@@ -232,7 +254,7 @@ impl Default for Jobs {
 }
 
 fn now() -> i64 {
-    chrono::Utc::now().timestamp()
+    chrono::Utc::now().timestamp_millis()
 }
 
 impl Jobs {
@@ -377,11 +399,32 @@ impl Jobs {
         request: serde_json::Value,
         work: impl FnOnce(&Progress) -> Result<serde_json::Value, String> + Send + 'static,
     ) -> JobStatus {
-        let handle = self.insert(
-            Self::new_status(id, kind, JobState::Queued),
-            Some(request),
-            true,
+        self.enqueue_at(Self::new_status(id, kind, JobState::Queued), request, work)
+    }
+
+    /// Queues again a job a restart handed back, keeping its id and place in the order.
+    pub fn requeue(
+        &self,
+        stored: &StoredJob,
+        work: impl FnOnce(&Progress) -> Result<serde_json::Value, String> + Send + 'static,
+    ) -> JobStatus {
+        let mut status = Self::new_status(
+            stored.status.id.clone(),
+            &stored.status.kind,
+            JobState::Queued,
         );
+        status.created_at = stored.status.created_at;
+        let request = stored.request.clone().unwrap_or(serde_json::Value::Null);
+        self.enqueue_at(status, request, work)
+    }
+
+    fn enqueue_at(
+        &self,
+        status: JobStatus,
+        request: serde_json::Value,
+        work: impl FnOnce(&Progress) -> Result<serde_json::Value, String> + Send + 'static,
+    ) -> JobStatus {
+        let handle = self.insert(status, Some(request), true);
         handle.change(true, |_| {});
         let status = handle.tx.borrow().clone();
         let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -417,13 +460,15 @@ impl Jobs {
             return Err(CancelError::NotCancellable(id.to_string()));
         }
         handle.cancel.store(true, Ordering::SeqCst);
-        if handle.tx.borrow().state == JobState::Queued {
-            handle.change(true, |s| {
-                s.state = JobState::Cancelled;
-                s.stage = "cancelled".into();
-                s.error = Some("cancelled before it started".into());
-            });
-        }
+        handle.change_if(true, |s| {
+            if s.state != JobState::Queued {
+                return false;
+            }
+            s.state = JobState::Cancelled;
+            s.stage = "cancelled".into();
+            s.error = Some("cancelled before it started".into());
+            true
+        });
         let status = handle.tx.borrow().clone();
         Ok(status)
     }

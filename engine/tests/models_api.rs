@@ -81,6 +81,18 @@ fn train_watch_list_and_cancel_models_through_the_api() {
         (small(json!({"prompt_field": "tip"})), "response_field"),
         (small(json!({"tokenizer": "words"})), "tokenizer"),
         (small(json!({"steps": 0})), "steps"),
+        (
+            small(json!({"batch_size": 1024, "seq_len": 4096})),
+            "batch_size",
+        ),
+        (
+            small(json!({"batch_size": 64, "seq_len": 2048, "heads": 64, "hidden": 128})),
+            "seq_len",
+        ),
+        (
+            small(json!({"hidden": 8192, "heads": 64, "layers": 64})),
+            "hidden",
+        ),
     ] {
         let refused = post(&server, &curator, &body);
         assert_eq!(refused.status(), 400, "{body}");

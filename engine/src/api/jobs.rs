@@ -50,6 +50,15 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     principal.require_authenticated()?;
+    // A training job shows its model card: only to an admin, whoever queued it, or a reader
+    // of the Datanet it trains on.
+    if let Some(Some(saved)) = app.jobs.request(&id) {
+        if let Ok(job) = serde_json::from_value::<super::models::TrainJob>(saved) {
+            if !principal.is_admin() && job.by.as_deref() != principal.subject() {
+                super::datanets::readable(&app, &principal, &job.request.datanet).await?;
+            }
+        }
+    }
     let rx = app
         .jobs
         .watch(&id)

@@ -72,26 +72,33 @@ pub fn resume(
 ) {
     for stored in queued {
         let id = stored.status.id.clone();
-        let job = (stored.status.kind == TRAIN_JOB)
-            .then(|| stored.request.clone())
-            .flatten()
-            .and_then(|r| serde_json::from_value::<TrainJob>(r).ok());
+        let job = if stored.status.kind == TRAIN_JOB {
+            stored
+                .request
+                .clone()
+                .ok_or_else(|| "it was saved without its request".to_string())
+                .and_then(|r| {
+                    serde_json::from_value::<TrainJob>(r)
+                        .map_err(|e| format!("its saved request no longer reads: {e}"))
+                })
+        } else {
+            Err(format!("a {} job cannot resume", stored.status.kind))
+        };
         match job {
-            Some(job) => {
+            Ok(job) => {
                 tracing::info!(job = %id, "queueing again a training job from before the restart");
-                enqueue(
-                    jobs,
-                    id,
-                    job,
-                    registry.clone(),
-                    datanets.clone(),
-                    attributions.clone(),
-                );
+                let (registry, datanets, attributions) =
+                    (registry.clone(), datanets.clone(), attributions.clone());
+                jobs.requeue(&stored, move |progress| {
+                    let card = registry
+                        .train(&job.request, &datanets, &attributions, &id, progress)
+                        .map_err(|e| e.to_string())?;
+                    serde_json::to_value(card).map_err(|e| e.to_string())
+                });
             }
-            None => {
-                let kind = stored.status.kind.clone();
-                let reason = format!("a {kind} job cannot resume after a restart");
-                jobs.enqueue_as(id, &kind, serde_json::Value::Null, move |_| Err(reason));
+            Err(reason) => {
+                let reason = format!("after a restart: {reason}");
+                jobs.requeue(&stored, move |_| Err(reason));
             }
         }
     }
@@ -125,9 +132,11 @@ pub async fn train(
         app.attributions.clone(),
     );
     let checked = request.clone();
+    let reader = principal.clone();
     blocking(move || {
+        let can_read = |id: &str| datanets.get(id).is_ok_and(|d| reader.can_read(&d).is_ok());
         registry
-            .check(&checked, &datanets, &attributions)
+            .check(&checked, &datanets, &attributions, &can_read)
             .map_err(ApiError::from)
     })
     .await?;

@@ -108,7 +108,11 @@ pub fn seed(
          \x20 curl -s -X POST -H \"Authorization: Bearer $(cat {token})\" -H 'Content-Type: application/json' \\\n\
          \x20   -d '{{\"text\": \"Tip: rest a steak for five minutes before slicing it.\", \"min_len\": 12}}' \\\n\
          \x20   {url}/v1/indexes/{index}/attribute | python3 -m json.tool\n\
-         The README's walkthrough goes on from there.\n",
+         \x20 curl -s -X POST -H \"Authorization: Bearer $(cat {token})\" -H 'Content-Type: application/json' \\\n\
+         \x20   -d '{{\"datanet\": \"{id}\", \"version\": 1, \"tokenizer\": \"{index}\", \"steps\": 100, \"seq_len\": 32}}' \\\n\
+         \x20   {url}/v1/models     # trains a model on version 1 as a job; then watch it:\n\
+         \x20 curl -sN -H \"Authorization: Bearer $(cat {token})\" -H 'Accept: text/event-stream' {url}/v1/jobs/<job id>\n\
+         The README's walkthrough goes on from there (LoRA over SmolLM2 too).\n",
         token = token.display(),
         index = index.hash
     );

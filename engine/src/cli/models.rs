@@ -99,18 +99,25 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    fn config(&self, default_lr: f64) -> TrainConfig {
-        TrainConfig {
+    fn config(&self, default_lr: f64) -> Result<TrainConfig> {
+        if self.seq_len == 0 || self.batch_size == 0 || self.steps == 0 {
+            bail!("--seq-len, --batch-size and --steps must be at least 1");
+        }
+        let lr = self.lr.unwrap_or(default_lr);
+        if !(lr.is_finite() && lr > 0.0 && lr < 1.0) {
+            bail!("--lr must be a number in (0, 1)");
+        }
+        Ok(TrainConfig {
             steps: self.steps,
             batch_size: self.batch_size,
             seq_len: self.seq_len,
-            lr: self.lr.unwrap_or(default_lr),
+            lr,
             warmup_steps: (self.steps / 10).max(1),
             eval_every: self.eval_every.unwrap_or((self.steps / 5).max(1)),
             seed: self.seed,
             checkpoint_every: self.checkpoint_every,
             ..TrainConfig::default()
-        }
+        })
     }
 }
 
@@ -279,7 +286,7 @@ fn train(args: TrainArgs) -> Result<()> {
         max_position_embeddings: (args.run.seq_len + 1).max(2048),
         ..LlamaConfig::tiny(0)
     };
-    let cfg = args.run.config(3e-3);
+    let cfg = args.run.config(3e-3)?;
     let bar = progress_bar(cfg.steps);
     let outcome = factory::train_from_scratch(
         &texts,
@@ -303,10 +310,13 @@ fn finetune(args: FinetuneArgs) -> Result<()> {
     if args.r == 0 {
         bail!("--r must be at least 1");
     }
+    if !(args.alpha.is_finite() && args.alpha > 0.0 && args.alpha <= 1e4) {
+        bail!("--alpha must be a number in (0, 10000]");
+    }
     eprintln!("loading the base {}", args.base.display());
     let base = Base::open(&args.base, &crate::model::device())?;
     let texts = args.data.texts(&base.template()?)?;
-    let cfg = args.run.config(1e-3);
+    let cfg = args.run.config(1e-3)?;
     let run = LoraRun {
         spec: LoraSpec {
             r: args.r,

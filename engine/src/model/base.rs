@@ -155,6 +155,15 @@ fn stem(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
+/// A base's config without loading its weights.
+pub fn config_of(path: &Path) -> Result<crate::model::LlamaConfig, ModelFileError> {
+    if path.is_dir() {
+        files::read_config(path)
+    } else {
+        gguf::read_config(path).map_err(|e| file_error(path, e))
+    }
+}
+
 /// Only a file that exists is a base; says which path is missing otherwise.
 pub fn check_exists(path: &Path) -> Result<(), ModelFileError> {
     if path.exists() {

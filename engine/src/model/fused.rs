@@ -32,7 +32,10 @@ fn threads() -> usize {
 /// Runs `f` over rows of `width` elements of `out` (and the matching rows of the inputs),
 /// in parallel when there are many rows and more than one thread.
 fn for_rows<T: Send>(out: &mut [T], width: usize, f: impl Fn(usize, &mut [T]) + Sync) {
-    let rows = out.len() / width.max(1);
+    if width == 0 || out.is_empty() {
+        return;
+    }
+    let rows = out.len() / width;
     if threads() > 1 && rows >= 2 * ROWS_PER_TASK {
         out.par_chunks_mut(width * ROWS_PER_TASK)
             .enumerate()

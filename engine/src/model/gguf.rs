@@ -246,6 +246,18 @@ fn tokenizer(content: &Content) -> Result<String, GgufError> {
         .map_err(|e| GgufError::Tokenizer(e.to_string()))
 }
 
+/// The config of the GGUF file at `path`, from its metadata alone (no tensor is read).
+pub fn read_config(path: &Path) -> Result<LlamaConfig, GgufError> {
+    let file_err = |e: &dyn std::fmt::Display| GgufError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| file_err(&e))?;
+    let content =
+        Content::read(&mut std::io::BufReader::new(&mut file)).map_err(|e| file_err(&e))?;
+    config(&content)
+}
+
 /// Reads the base at `path` onto `device`, its weights dequantised to `dtype`.
 pub fn read(path: &Path, dtype: DType, device: &Device) -> Result<GgufBase, GgufError> {
     let file_err = |e: &dyn std::fmt::Display| GgufError::File {

@@ -94,9 +94,10 @@ impl Attention {
         let (k, v) = match cache {
             None => (k, v),
             Some(cache) => {
-                let (k, v) = match cache.take() {
+                // Extended only once both succeed: an error leaves the cache as it was.
+                let (k, v) = match cache.as_ref() {
                     None => (k, v),
-                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
                 };
                 *cache = Some((k.clone(), v.clone()));
                 (k, v)
@@ -405,6 +406,11 @@ impl Llama {
     /// Mean next-token cross-entropy of `ids` `(batch, time)`: position `i` predicts `i + 1`.
     pub fn loss(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
+        if t < 2 {
+            return Err(candle_core::Error::msg(
+                "a window needs at least two tokens: one to read and one to predict",
+            ));
+        }
         let logits = self.forward(&ids.narrow(1, 0, t - 1)?)?;
         let targets = ids.narrow(1, 1, t - 1)?.flatten_all()?;
         let logits = logits.reshape((b * (t - 1), self.config.vocab_size))?;

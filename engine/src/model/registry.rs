@@ -24,6 +24,17 @@ use crate::store::{Store, StoreError, CF_MODELS};
 
 const STAGING: &str = ".staging";
 
+/// Limits on what one request may ask of the server's memory: tokens in a batch, elements
+/// of one attention-score tensor (batch × heads × seq_len², four bytes each in f32), and
+/// parameters of a model trained from scratch (weights, gradients and two moments).
+const MAX_BATCH_TOKENS: usize = 1 << 17;
+const MAX_SCORE_ELEMENTS: usize = 1 << 28;
+const MAX_PARAMETERS: usize = 1 << 28;
+
+/// Whether the caller may read a Datanet, by id: what `plan` asks before it lets a request
+/// use another model as its base, or an index's tokenizer.
+pub type CanRead<'a> = &'a dyn Fn(&str) -> bool;
+
 /// `POST /v1/models`: what to train. Unset hyperparameters take the defaults shown.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -276,8 +287,12 @@ impl Registry {
         names
     }
 
-    fn resolve_base(&self, name: &str) -> Result<(PathBuf, Option<String>), ModelError> {
-        if let Ok(card) = self.get(name) {
+    fn resolve_base(
+        &self,
+        name: &str,
+        can_read: CanRead,
+    ) -> Result<(PathBuf, Option<String>), ModelError> {
+        if let Some(card) = self.get(name).ok().filter(|c| can_read(&c.datanet)) {
             if card.kind != ModelKind::Scratch {
                 return Err(invalid(
                     "base",
@@ -315,6 +330,7 @@ impl Registry {
         request: &TrainRequest,
         datanets: &Datanets,
         attributions: &Attributions,
+        can_read: CanRead,
     ) -> Result<Plan, ModelError> {
         let version = datanets
             .version(&request.datanet, request.version)
@@ -349,6 +365,15 @@ impl Registry {
         if !(2..=8192).contains(&seq_len) {
             return Err(invalid("seq_len", "must be in 2..=8192"));
         }
+        if batch_size * seq_len > MAX_BATCH_TOKENS {
+            return Err(invalid(
+                "batch_size",
+                format!(
+                    "batch_size × seq_len is {}; the limit is {MAX_BATCH_TOKENS}",
+                    batch_size * seq_len
+                ),
+            ));
+        }
         let lr = request.lr.unwrap_or(if lora { 1e-3 } else { 3e-3 });
         if !(lr.is_finite() && lr > 0.0 && lr < 1.0) {
             return Err(invalid("lr", "must be a number in (0, 1)"));
@@ -367,7 +392,19 @@ impl Registry {
         };
         let shape = match &request.base {
             Some(base) => {
-                let (path, base_model) = self.resolve_base(base)?;
+                let (path, base_model) = self.resolve_base(base, can_read)?;
+                let base_config =
+                    super::base::config_of(&path).map_err(|e| invalid("base", e.to_string()))?;
+                if seq_len + 1 > base_config.max_position_embeddings {
+                    return Err(invalid(
+                        "seq_len",
+                        format!(
+                            "the base reads at most {} positions; seq_len must be below that",
+                            base_config.max_position_embeddings
+                        ),
+                    ));
+                }
+                check_scores(batch_size, base_config.num_attention_heads, seq_len)?;
                 for field in ["tokenizer", "hidden", "layers", "heads"] {
                     let set = match field {
                         "tokenizer" => request.tokenizer.is_some(),
@@ -384,8 +421,8 @@ impl Registry {
                     return Err(invalid("r", "must be in 1..=1024"));
                 }
                 let alpha = request.alpha.unwrap_or(16.0);
-                if !(alpha.is_finite() && alpha > 0.0) {
-                    return Err(invalid("alpha", "must be a positive number"));
+                if !(alpha.is_finite() && alpha > 0.0 && alpha <= 1e4) {
+                    return Err(invalid("alpha", "must be a number in (0, 10000]"));
                 }
                 let targets = request
                     .targets
@@ -452,19 +489,38 @@ impl Registry {
                         TokenizerPlan::Bpe(vocab)
                     }
                     hash => {
-                        attributions.index(hash).map_err(|e| {
-                            invalid(
+                        let readable = attributions
+                            .index(hash)
+                            .ok()
+                            .filter(|i| i.meta.datanet.as_deref().is_some_and(can_read));
+                        if readable.is_none() {
+                            return Err(invalid(
                                 "tokenizer",
-                                format!("not bytes, bpe:VOCAB or an index: {e}"),
-                            )
-                        })?;
+                                format!(
+                                    "{hash:?} is not bytes, bpe:VOCAB or an index you can read"
+                                ),
+                            ));
+                        }
                         TokenizerPlan::Index(hash.to_string())
                     }
                 };
+                check_scores(batch_size, heads, seq_len)?;
+                let intermediate = hidden * 8 / 3 / 8 * 8 + 8;
+                let parameters = layers * (4 * hidden * hidden + 3 * hidden * intermediate)
+                    + 2 * 65_536 * hidden;
+                if parameters > MAX_PARAMETERS {
+                    return Err(invalid(
+                        "hidden",
+                        format!(
+                            "hidden {hidden} with {layers} layers is up to {parameters} parameters; \
+                             the limit is {MAX_PARAMETERS}"
+                        ),
+                    ));
+                }
                 Shape::Scratch {
                     model: LlamaConfig {
                         hidden_size: hidden,
-                        intermediate_size: hidden * 8 / 3 / 8 * 8 + 8,
+                        intermediate_size: intermediate,
                         num_hidden_layers: layers,
                         num_attention_heads: heads,
                         num_key_value_heads: heads,
@@ -488,8 +544,10 @@ impl Registry {
         request: &TrainRequest,
         datanets: &Datanets,
         attributions: &Attributions,
+        can_read: CanRead,
     ) -> Result<(), ModelError> {
-        self.plan(request, datanets, attributions).map(|_| ())
+        self.plan(request, datanets, attributions, can_read)
+            .map(|_| ())
     }
 
     /// Runs `request` as job `job`: trains in staging, then files the model and its card.
@@ -501,7 +559,8 @@ impl Registry {
         job: &str,
         progress: &Progress,
     ) -> Result<ModelCard, ModelError> {
-        let plan = self.plan(request, datanets, attributions)?;
+        // What the caller may read was checked when the request was accepted.
+        let plan = self.plan(request, datanets, attributions, &|_| true)?;
         let version = datanets
             .version(&request.datanet, request.version)
             .map_err(|e| ModelError::Failed(e.to_string()))?;
@@ -512,6 +571,8 @@ impl Registry {
         let staging = self.dir.join(STAGING).join(job);
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&staging).map_err(|e| ModelError::Failed(e.to_string()))?;
+        // Whatever ends this run early (an error, a cancel, a panic) removes its staging.
+        let _cleanup = RemoveOnDrop(staging.clone());
         let started = std::time::Instant::now();
         let mut observer = JobObserver { progress };
         let failed = |e: FactoryError| match e {
@@ -582,14 +643,14 @@ impl Registry {
                 }
             }
         })();
-        let (outcome, kind, base, config) = match outcome {
-            Ok(o) => o,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&staging);
-                return Err(e);
-            }
-        };
-        let id = model_id(&outcome, kind, base.as_ref());
+        let (outcome, kind, base, config) = outcome?;
+        let id = model_id(
+            &outcome,
+            kind,
+            base.as_ref(),
+            &request.datanet,
+            request.version,
+        );
         let target = self.model_dir(&id);
         if target.exists() {
             // The same run again: the model is already filed under this id.
@@ -653,7 +714,11 @@ impl Registry {
         };
         let mut batch = self.store.batch();
         batch.put_json(CF_MODELS, &id, &card)?;
-        batch.commit()?;
+        if let Err(e) = batch.commit() {
+            // No card, no model: the files go too.
+            let _ = std::fs::remove_dir_all(&target);
+            return Err(e.into());
+        }
         Ok(card)
     }
 }
@@ -668,10 +733,45 @@ fn hyperparameters(plan: &Plan) -> serde_json::Value {
     value
 }
 
-/// `m-` and 24 hex digits of BLAKE3 over what defines the model.
-fn model_id(outcome: &Outcome, kind: ModelKind, base: Option<&BaseInfo>) -> String {
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        // Gone already when the run was renamed into place.
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn check_scores(batch: usize, heads: usize, seq_len: usize) -> Result<(), ModelError> {
+    let scores = batch
+        .saturating_mul(heads)
+        .saturating_mul(seq_len)
+        .saturating_mul(seq_len);
+    if scores > MAX_SCORE_ELEMENTS {
+        return Err(invalid(
+            "seq_len",
+            format!(
+                "batch_size × heads × seq_len² is {scores}; the limit is {MAX_SCORE_ELEMENTS} \
+                 (a smaller batch or shorter windows fit)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `m-` and 24 hex digits of BLAKE3 over what defines the model: its files and what it was
+/// trained on.
+fn model_id(
+    outcome: &Outcome,
+    kind: ModelKind,
+    base: Option<&BaseInfo>,
+    datanet: &str,
+    version: u32,
+) -> String {
     let mut h = blake3::Hasher::new();
     h.update(b"tributary:model:1");
+    h.update(datanet.as_bytes());
+    h.update(&version.to_le_bytes());
     h.update(format!("{kind:?}").as_bytes());
     h.update(outcome.weights_hash.as_bytes());
     h.update(outcome.tokenizer_hash.as_bytes());

@@ -250,8 +250,17 @@ pub fn train(
         cursor = (cursor + cfg.batch_size) % train_ids.len();
         let input = batch(&picked, device)?;
         let loss = model.loss(&input)?;
+        let loss_value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         let mut grads = loss.backward()?;
         let grad_norm = opt.grad_norm(&grads)?;
+        if !loss_value.is_finite() || !grad_norm.is_finite() {
+            return Err(candle_core::Error::msg(format!(
+                "training diverged at step {}: loss {loss_value}, gradient norm {grad_norm}; \
+                 a lower learning rate (or LoRA alpha) would help",
+                step + 1
+            ))
+            .into());
+        }
         let scale = if grad_norm > cfg.grad_clip && grad_norm > 0.0 {
             cfg.grad_clip / grad_norm
         } else {
@@ -269,7 +278,7 @@ pub fn train(
         let report = StepReport {
             step: step + 1,
             steps: cfg.steps,
-            loss: loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?,
+            loss: loss_value,
             lr,
             grad_norm,
             tokens_per_second: tokens as f64 / started.elapsed().as_secs_f64().max(1e-9),
