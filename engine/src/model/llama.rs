@@ -66,17 +66,18 @@ impl Attention {
             .reshape((b, kvh * n_rep, t, d))
     }
 
-    /// Attends `x` (positions `pos..pos + t`) to itself and, with a cache, to the keys and
-    /// values of earlier positions, which it then extends.
+    /// Attends `x` (`(b * t, hidden)`, positions `pos..pos + t` of `b` sequences) to itself
+    /// and, with a cache, to the keys and values of earlier positions, which it then extends.
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         x: &Tensor,
+        (b, t): (usize, usize),
         rope: &Rope,
         pos: usize,
         mask: Option<&Tensor>,
         cache: Option<&mut LayerCache>,
     ) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
         let split = |y: Tensor, heads: usize| -> Result<Tensor> {
             y.reshape((b, t, heads, self.head_dim))?
                 .transpose(1, 2)?
@@ -119,7 +120,7 @@ impl Attention {
         let y = weights
             .matmul(&v)?
             .transpose(1, 2)?
-            .reshape((b, t, self.heads * self.head_dim))?;
+            .reshape((b * t, self.heads * self.head_dim))?;
         self.o_proj.forward(&y)
     }
 }
@@ -173,9 +174,11 @@ impl Block {
         })
     }
 
+    /// `x` is the residual stream, `(b * t, hidden)`.
     fn forward(
         &self,
         x: &Tensor,
+        bt: (usize, usize),
         rope: &Rope,
         pos: usize,
         mask: Option<&Tensor>,
@@ -183,6 +186,7 @@ impl Block {
     ) -> Result<Tensor> {
         let h = (x + self.self_attn.forward(
             &norm(x, &self.input_layernorm, self.eps, rope.fused)?,
+            bt,
             rope,
             pos,
             mask,
@@ -346,15 +350,19 @@ impl Llama {
 
     /// Logits `(batch, time, vocab)` for token ids `(batch, time)`.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        self.run(ids, None)
+        let (b, t) = ids.dims2()?;
+        self.run(ids, None)?.reshape((b, t, self.config.vocab_size))
     }
 
     /// Logits for `ids` `(batch, time)` that follow the positions in `cache`, which then holds
     /// them too. An empty cache starts a sequence.
     pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        self.run(ids, Some(cache))
+        let (b, t) = ids.dims2()?;
+        self.run(ids, Some(cache))?
+            .reshape((b, t, self.config.vocab_size))
     }
 
+    /// Logits `(batch * time, vocab)`: the residual stream stays two-dimensional throughout.
     fn run(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let pos = cache.as_ref().map_or(0, |c| c.positions);
@@ -365,10 +373,7 @@ impl Llama {
                 self.config.max_position_embeddings
             )));
         }
-        let mut x = self
-            .embed_tokens
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, self.config.hidden_size))?;
+        let mut x = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?;
         // A single new token may see every cached position: no mask. The fused softmax masks
         // by position itself.
         let mask = if t > 1 && !self.rope.fused {
@@ -386,7 +391,7 @@ impl Llama {
         }
         for (i, block) in self.layers.iter().enumerate() {
             let layer = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = block.forward(&x, &self.rope, pos, mask.as_ref(), layer)?;
+            x = block.forward(&x, (b, t), &self.rope, pos, mask.as_ref(), layer)?;
         }
         if let Some(c) = cache {
             c.positions += t;
@@ -405,15 +410,14 @@ impl Llama {
 
     /// Mean next-token cross-entropy of `ids` `(batch, time)`: position `i` predicts `i + 1`.
     pub fn loss(&self, ids: &Tensor) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
+        let (_, t) = ids.dims2()?;
         if t < 2 {
             return Err(candle_core::Error::msg(
                 "a window needs at least two tokens: one to read and one to predict",
             ));
         }
-        let logits = self.forward(&ids.narrow(1, 0, t - 1)?)?;
+        let logits = self.run(&ids.narrow(1, 0, t - 1)?, None)?;
         let targets = ids.narrow(1, 1, t - 1)?.flatten_all()?;
-        let logits = logits.reshape((b * (t - 1), self.config.vocab_size))?;
         if self.rope.fused {
             fused::cross_entropy(&logits, &targets)
         } else {

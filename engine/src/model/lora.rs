@@ -117,13 +117,23 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         None => return x.broadcast_matmul(&w.t()?),
     };
     let rows: usize = lead.iter().product();
-    let x2 = x.reshape((rows, k))?;
+    // A reshape is a node of the graph even when it changes nothing, with its own backward
+    // pass: two-dimensional inputs (the decoder's residual stream) go straight in.
+    let flat = lead.len() != 1;
+    let x2 = if flat {
+        x.reshape((rows, k))?
+    } else {
+        x.clone()
+    };
     let y = if x2.track_op() && !w.track_op() && x2.device().is_cpu() {
         let y = x2.detach().matmul(&w.t()?)?;
         x2.apply_op2(&y, FrozenProduct { weight: w.clone() })?
     } else {
         x2.matmul(&w.t()?)?
     };
+    if !flat {
+        return Ok(y);
+    }
     let mut out = lead.to_vec();
     out.push(w.dim(0)?);
     y.reshape(out)
