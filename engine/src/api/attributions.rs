@@ -2,13 +2,14 @@
 //! (filing an attribution record), fetch and verify records, close epochs and prove inclusion.
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 
 use super::datanets::{load, readable};
 use super::error::{ApiError, Problem};
 use super::extract::JsonBody;
+use super::jobs::{accepted, Accepted};
 use super::{blocking, AppState};
 use crate::attribution::index::{BuildProgress, IndexMeta};
 use crate::attribution::query::{QueryRequest, QueryResult};
@@ -67,14 +68,7 @@ pub async fn build(
     principal: Principal,
     Path((id, version)): Path<(String, u32)>,
     JsonBody(body): JsonBody<BuildIndexRequest>,
-) -> Result<
-    (
-        StatusCode,
-        [(header::HeaderName, String); 1],
-        Json<JobStatus>,
-    ),
-    ApiError,
-> {
+) -> Result<Accepted, ApiError> {
     let datanet = load(&app, &id).await?;
     principal.can_curate(&datanet)?;
     let choice: TokenizerChoice = body
@@ -103,11 +97,7 @@ pub async fn build(
             .map_err(|e| e.to_string())?;
         serde_json::to_value(meta).map_err(|e| e.to_string())
     });
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, format!("/v1/jobs/{}", job.id))],
-        Json(job),
-    ))
+    Ok(accepted(job))
 }
 
 #[utoipa::path(get, operation_id = "listIndexes", path = "/v1/indexes", tag = "attribution",

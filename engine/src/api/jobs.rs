@@ -15,6 +15,21 @@ use super::AppState;
 use crate::auth::Principal;
 use crate::jobs::JobStatus;
 
+/// A job just started or queued: 202 with its status and `Location: /v1/jobs/{id}`.
+pub type Accepted = (
+    StatusCode,
+    [(header::HeaderName, String); 1],
+    Json<JobStatus>,
+);
+
+pub fn accepted(job: JobStatus) -> Accepted {
+    (
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, format!("/v1/jobs/{}", job.id))],
+        Json(job),
+    )
+}
+
 fn events(
     rx: tokio::sync::watch::Receiver<JobStatus>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {

@@ -5,13 +5,14 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::datanets::{load, readable};
 use super::error::{ApiError, Problem};
 use super::extract::JsonBody;
+use super::jobs::{accepted, Accepted};
 use super::{blocking, AppState};
 use crate::attribution::service::Attributions;
 use crate::auth::Principal;
@@ -115,14 +116,7 @@ pub async fn train(
     State(app): State<AppState>,
     principal: Principal,
     JsonBody(request): JsonBody<TrainRequest>,
-) -> Result<
-    (
-        StatusCode,
-        [(header::HeaderName, String); 1],
-        Json<JobStatus>,
-    ),
-    ApiError,
-> {
+) -> Result<Accepted, ApiError> {
     let datanet = load(&app, &request.datanet).await?;
     principal.can_curate(&datanet)?;
     // Refuse a bad request now, rather than in a job that fails later.
@@ -152,11 +146,7 @@ pub async fn train(
         app.datanets.clone(),
         app.attributions.clone(),
     );
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, format!("/v1/jobs/{}", status.id))],
-        Json(status),
-    ))
+    Ok(accepted(status))
 }
 
 #[utoipa::path(get, operation_id = "listModels", path = "/v1/models", tag = "models",

@@ -83,30 +83,38 @@ impl CorpusArgs {
     }
 
     pub fn tokenizer(&self) -> Result<Tokenizer> {
-        if self.tokenizer == "bytes" {
-            return Ok(Tokenizer::Bytes);
-        }
-        if let Some(vocab) = self.tokenizer.strip_prefix("bpe:") {
-            let vocab: u32 = vocab.parse().with_context(|| {
-                format!("--tokenizer {}: {vocab:?} is not a number", self.tokenizer)
-            })?;
-            eprintln!("training a byte-level BPE of {vocab} tokens on the corpus");
-            let texts = self
+        tokenizer_from_spec(&self.tokenizer, || {
+            Ok(self
                 .corpus()?
                 .documents
                 .map_while(|d| d.ok())
-                .map(|d| d.text);
-            return Ok(Tokenizer::train_bpe(texts, vocab)?);
-        }
-        let path = Path::new(&self.tokenizer);
-        if !path.exists() {
-            bail!(
-                "--tokenizer {:?} is not bytes, bpe:VOCAB or an existing tokenizer.json",
-                self.tokenizer
-            );
-        }
-        Ok(Tokenizer::from_file(path)?)
+                .map(|d| d.text))
+        })
     }
+}
+
+/// `bytes`, `bpe:VOCAB` (a byte-level BPE trained on `texts`, read only then) or the path of a
+/// tokenizer.json: what `--tokenizer` names.
+pub fn tokenizer_from_spec<I, S>(spec: &str, texts: impl FnOnce() -> Result<I>) -> Result<Tokenizer>
+where
+    I: Iterator<Item = S> + Send,
+    S: AsRef<str> + Send,
+{
+    if spec == "bytes" {
+        return Ok(Tokenizer::Bytes);
+    }
+    if let Some(vocab) = spec.strip_prefix("bpe:") {
+        let vocab: u32 = vocab
+            .parse()
+            .with_context(|| format!("--tokenizer {spec}: {vocab:?} is not a number"))?;
+        eprintln!("training a byte-level BPE of {vocab} tokens on the corpus");
+        return Ok(Tokenizer::train_bpe(texts()?, vocab)?);
+    }
+    let path = Path::new(spec);
+    if !path.exists() {
+        bail!("--tokenizer {spec:?} is not bytes, bpe:VOCAB or an existing tokenizer.json");
+    }
+    Ok(Tokenizer::from_file(path)?)
 }
 
 #[derive(Debug, Args)]

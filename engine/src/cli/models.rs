@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -250,31 +250,12 @@ fn finish(bar: ProgressBar, outcome: &Outcome, out: &Path) -> Result<()> {
     super::commands::print_json(outcome)
 }
 
-fn tokenizer(spec: &str, texts: &[String]) -> Result<crate::attribution::Tokenizer> {
-    use crate::attribution::Tokenizer;
-    if spec == "bytes" {
-        return Ok(Tokenizer::Bytes);
-    }
-    if let Some(vocab) = spec.strip_prefix("bpe:") {
-        let vocab: u32 = vocab
-            .parse()
-            .with_context(|| format!("--tokenizer {spec}: {vocab:?} is not a number"))?;
-        eprintln!("training a byte-level BPE of {vocab} tokens on the data");
-        return Ok(Tokenizer::train_bpe(texts.iter(), vocab)?);
-    }
-    let path = Path::new(spec);
-    if !path.exists() {
-        bail!("--tokenizer {spec:?} is not bytes, bpe:VOCAB or an existing tokenizer.json");
-    }
-    Ok(Tokenizer::from_file(path)?)
-}
-
 fn train(args: TrainArgs) -> Result<()> {
     if args.heads == 0 || !args.hidden.is_multiple_of(2 * args.heads) {
         bail!("--hidden must be a multiple of twice --heads (rotary positions need an even head size)");
     }
     let texts = args.data.texts(&ChatTemplate::chatml())?;
-    let tokenizer = tokenizer(&args.tokenizer, &texts)?;
+    let tokenizer = super::index::tokenizer_from_spec(&args.tokenizer, || Ok(texts.iter()))?;
     let model = LlamaConfig {
         hidden_size: args.hidden,
         intermediate_size: args.hidden * 8 / 3 / 8 * 8 + 8,

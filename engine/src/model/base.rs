@@ -129,24 +129,44 @@ impl Base {
 
     /// Writes `tokenizer.json` (when the tokenizer has one) and `tokenizer_config.json`.
     pub fn save_tokenizer(&self, dir: &Path) -> Result<(), ModelFileError> {
-        if let Some(json) = self.tokenizer.json() {
-            let path = dir.join(TOKENIZER_FILE);
-            std::fs::write(&path, json).map_err(|e| file_error(&path, e))?;
-        }
         let eos = self.tokenizer.decode(&[self.eos()]).unwrap_or_default();
-        let config = serde_json::json!({
-            "chat_template": self.chat_template,
-            "eos_token": eos,
-            "model_max_length": self.config.max_position_embeddings,
-            "tokenizer_class": "PreTrainedTokenizerFast",
-        });
-        let path = dir.join(TOKENIZER_CONFIG_FILE);
-        std::fs::write(
-            &path,
-            serde_json::to_vec_pretty(&config).unwrap_or_default(),
+        write_tokenizer_files(
+            dir,
+            &self.tokenizer,
+            &self.chat_template,
+            Some(eos),
+            self.config.max_position_embeddings,
         )
-        .map_err(|e| file_error(&path, e))
     }
+}
+
+/// Writes `tokenizer.json` (when `tokenizer` has one) and the `tokenizer_config.json` where
+/// `transformers` finds the chat template, the end token (when it is text) and the context.
+pub fn write_tokenizer_files(
+    dir: &Path,
+    tokenizer: &Tokenizer,
+    chat_template: &str,
+    eos_token: Option<String>,
+    max_length: usize,
+) -> Result<(), ModelFileError> {
+    if let Some(json) = tokenizer.json() {
+        let path = dir.join(TOKENIZER_FILE);
+        std::fs::write(&path, json).map_err(|e| file_error(&path, e))?;
+    }
+    let mut config = serde_json::json!({
+        "chat_template": chat_template,
+        "model_max_length": max_length,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    });
+    if let (Some(eos), Some(map)) = (eos_token, config.as_object_mut()) {
+        map.insert("eos_token".into(), eos.into());
+    }
+    let path = dir.join(TOKENIZER_CONFIG_FILE);
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&config).unwrap_or_default(),
+    )
+    .map_err(|e| file_error(&path, e))
 }
 
 fn stem(path: &Path) -> String {
@@ -161,14 +181,5 @@ pub fn config_of(path: &Path) -> Result<crate::model::LlamaConfig, ModelFileErro
         files::read_config(path)
     } else {
         gguf::read_config(path).map_err(|e| file_error(path, e))
-    }
-}
-
-/// Only a file that exists is a base; says which path is missing otherwise.
-pub fn check_exists(path: &Path) -> Result<(), ModelFileError> {
-    if path.exists() {
-        Ok(())
-    } else {
-        Err(file_error(path, "no such file or directory"))
     }
 }

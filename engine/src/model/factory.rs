@@ -15,7 +15,7 @@ use candle_nn::{VarBuilder, VarMap};
 use serde::Serialize;
 
 use super::adapter::{self, AdapterConfig};
-use super::base::{hash_file, Base, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE};
+use super::base::{hash_file, write_tokenizer_files, Base};
 use super::chat::CHATML;
 use super::files::{self, ModelFileError, WEIGHTS_FILE};
 use super::lora::LoraSpec;
@@ -116,6 +116,33 @@ impl TrainObserver for Checkpoints<'_> {
     }
 }
 
+/// Seeds `vars` and trains them, saving them into `out/checkpoints/` as `file` on the way.
+fn train_vars(
+    llama: &Llama,
+    vars: &VarMap,
+    windows: &[Vec<u32>],
+    cfg: &TrainConfig,
+    out: &Path,
+    file: &'static str,
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainReport, FactoryError> {
+    train::seeded_init(vars, cfg.seed)?;
+    let mut observer = Checkpoints {
+        inner: observer,
+        vars,
+        dir: out.to_path_buf(),
+        file,
+    };
+    Ok(train::train(
+        llama,
+        vars.all_vars(),
+        windows,
+        cfg,
+        llama.device(),
+        &mut observer,
+    )?)
+}
+
 fn write_report(out: &Path, summary: &serde_json::Value) -> Result<(), ModelFileError> {
     let path = out.join(REPORT_FILE);
     std::fs::write(
@@ -123,13 +150,6 @@ fn write_report(out: &Path, summary: &serde_json::Value) -> Result<(), ModelFile
         serde_json::to_vec_pretty(summary).unwrap_or_default(),
     )
     .map_err(|e| ModelFileError::File {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })
-}
-
-fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ModelFileError> {
-    std::fs::write(path, bytes).map_err(|e| ModelFileError::File {
         path: path.display().to_string(),
         message: e.to_string(),
     })
@@ -158,34 +178,10 @@ pub fn train_from_scratch(
     let device = super::device();
     let vars = VarMap::new();
     let llama = Llama::load(VarBuilder::from_varmap(&vars, DType::F32, &device), &model)?;
-    train::seeded_init(&vars, cfg.seed)?;
-    let mut observer = Checkpoints {
-        inner: observer,
-        vars: &vars,
-        dir: out.to_path_buf(),
-        file: WEIGHTS_FILE,
-    };
-    let report = train::train(
-        &llama,
-        vars.all_vars(),
-        &windows,
-        cfg,
-        &device,
-        &mut observer,
-    )?;
+    let report = train_vars(&llama, &vars, &windows, cfg, out, WEIGHTS_FILE, observer)?;
     files::save(out, &model, &vars)?;
-    if let Some(json) = tokenizer.json() {
-        write_file(&out.join(TOKENIZER_FILE), json.as_bytes())?;
-    }
-    let tokenizer_config = serde_json::json!({
-        "chat_template": CHATML,
-        "model_max_length": model.max_position_embeddings,
-        "tokenizer_class": "PreTrainedTokenizerFast",
-    });
-    write_file(
-        &out.join(TOKENIZER_CONFIG_FILE),
-        &serde_json::to_vec_pretty(&tokenizer_config).unwrap_or_default(),
-    )?;
+    // The end-of-document id is past the tokenizer's own ids: it has no text.
+    write_tokenizer_files(out, tokenizer, CHATML, None, model.max_position_embeddings)?;
     let outcome = Outcome {
         windows: windows.len(),
         documents: documents.len(),
@@ -241,20 +237,14 @@ pub fn fine_tune(
         &run.spec,
         &targets,
     )?;
-    train::seeded_init(&vars, cfg.seed)?;
-    let mut observer = Checkpoints {
-        inner: observer,
-        vars: &vars,
-        dir: out.to_path_buf(),
-        file: adapter::ADAPTER_WEIGHTS_FILE,
-    };
-    let report = train::train(
+    let report = train_vars(
         &llama,
-        vars.all_vars(),
+        &vars,
         &windows,
         cfg,
-        &device,
-        &mut observer,
+        out,
+        adapter::ADAPTER_WEIGHTS_FILE,
+        observer,
     )?;
     let config = AdapterConfig::new(&run.spec, &targets, Some(base.name.clone()));
     adapter::save(out, &config, &vars)?;

@@ -51,18 +51,21 @@ fn for_rows<T: Send>(out: &mut [T], width: usize, f: impl Fn(usize, &mut [T]) + 
     }
 }
 
-macro_rules! dispatch1 {
-    ($s:expr, $l:expr, $what:expr, |$x:ident| $body:expr) => {
-        match $s {
-            CpuStorage::F32(v) => {
-                let $x = contiguous(v, $l, $what)?;
+/// Runs `$body` over the contiguous values of storages that are all f32 or all f64, naming
+/// each one, and wraps the resulting vector in the same dtype:
+/// `floats!("rms-norm", [x = s1, l1; w = s2, l2], rms_fwd(x, w, eps))`.
+macro_rules! floats {
+    ($what:expr, [$($x:ident = $s:expr, $l:expr);+], $body:expr) => {
+        match ($($s,)+) {
+            ($(CpuStorage::F32($x),)+) => {
+                $(let $x = contiguous($x, $l, $what)?;)+
                 CpuStorage::F32($body)
             }
-            CpuStorage::F64(v) => {
-                let $x = contiguous(v, $l, $what)?;
+            ($(CpuStorage::F64($x),)+) => {
+                $(let $x = contiguous($x, $l, $what)?;)+
                 CpuStorage::F64($body)
             }
-            _ => candle_core::bail!("{}: only f32 and f64 are supported", $what),
+            _ => candle_core::bail!("{}: f32 or f64 inputs, all the same", $what),
         }
     };
 }
@@ -112,13 +115,11 @@ impl CustomOp1 for CausalSoftmax {
             [.., t, s] => (*t, *s),
             _ => candle_core::bail!("causal-softmax: scores need at least two dimensions"),
         };
-        let out = dispatch1!(storage, layout, "causal-softmax", |x| softmax_fwd(
-            x,
-            t,
-            s,
-            self.scale,
-            self.offset
-        ));
+        let out = floats!(
+            "causal-softmax",
+            [x = storage, layout],
+            softmax_fwd(x, t, s, self.scale, self.offset)
+        );
         Ok((out, layout.shape().clone()))
     }
 
@@ -162,21 +163,11 @@ impl CustomOp2 for SoftmaxBackward {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let s = l1.shape().dims().last().copied().unwrap_or(1);
-        let out = match (s1, s2) {
-            (CpuStorage::F32(y), CpuStorage::F32(g)) => CpuStorage::F32(softmax_bwd(
-                contiguous(y, l1, "softmax backward")?,
-                contiguous(g, l2, "softmax backward")?,
-                s,
-                self.scale,
-            )),
-            (CpuStorage::F64(y), CpuStorage::F64(g)) => CpuStorage::F64(softmax_bwd(
-                contiguous(y, l1, "softmax backward")?,
-                contiguous(g, l2, "softmax backward")?,
-                s,
-                self.scale,
-            )),
-            _ => candle_core::bail!("softmax backward: f32 or f64, both the same"),
-        };
+        let out = floats!(
+            "softmax backward",
+            [y = s1, l1; g = s2, l2],
+            softmax_bwd(y, g, s, self.scale)
+        );
         Ok((out, l1.shape().clone()))
     }
 }
@@ -223,19 +214,11 @@ impl CustomOp2 for RmsNorm {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(w)) => CpuStorage::F32(rms_fwd(
-                contiguous(x, l1, "rms-norm")?,
-                contiguous(w, l2, "rms-norm")?,
-                self.eps,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(w)) => CpuStorage::F64(rms_fwd(
-                contiguous(x, l1, "rms-norm")?,
-                contiguous(w, l2, "rms-norm")?,
-                self.eps,
-            )),
-            _ => candle_core::bail!("rms-norm: f32 or f64, both the same"),
-        };
+        let out = floats!(
+            "rms-norm",
+            [x = s1, l1; w = s2, l2],
+            rms_fwd(x, w, self.eps)
+        );
         Ok((out, l1.shape().clone()))
     }
 
@@ -313,25 +296,11 @@ impl CustomOp3 for RmsNormBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let n = l2.shape().elem_count();
         let rows = l1.shape().elem_count() / n.max(1);
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(g)) => {
-                CpuStorage::F32(rms_bwd(
-                    contiguous(x, l1, "rms-norm backward")?,
-                    contiguous(w, l2, "rms-norm backward")?,
-                    contiguous(g, l3, "rms-norm backward")?,
-                    self.eps,
-                ))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(g)) => {
-                CpuStorage::F64(rms_bwd(
-                    contiguous(x, l1, "rms-norm backward")?,
-                    contiguous(w, l2, "rms-norm backward")?,
-                    contiguous(g, l3, "rms-norm backward")?,
-                    self.eps,
-                ))
-            }
-            _ => candle_core::bail!("rms-norm backward: f32 or f64, all the same"),
-        };
+        let out = floats!(
+            "rms-norm backward",
+            [x = s1, l1; w = s2, l2; g = s3, l3],
+            rms_bwd(x, w, g, self.eps)
+        );
         Ok((out, Shape::from((rows + 1, n))))
     }
 }
@@ -396,29 +365,11 @@ impl CustomOp3 for Rope {
         if l2.shape().dims() != [t, d / 2] || l3.shape().dims() != [t, d / 2] {
             candle_core::bail!("rope: the tables must be (time, head_dim / 2)");
         }
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(c), CpuStorage::F32(s)) => {
-                CpuStorage::F32(rope_apply(
-                    contiguous(x, l1, "rope")?,
-                    contiguous(c, l2, "rope")?,
-                    contiguous(s, l3, "rope")?,
-                    t,
-                    d,
-                    self.inverse,
-                ))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(c), CpuStorage::F64(s)) => {
-                CpuStorage::F64(rope_apply(
-                    contiguous(x, l1, "rope")?,
-                    contiguous(c, l2, "rope")?,
-                    contiguous(s, l3, "rope")?,
-                    t,
-                    d,
-                    self.inverse,
-                ))
-            }
-            _ => candle_core::bail!("rope: f32 or f64, all the same"),
-        };
+        let out = floats!(
+            "rope",
+            [x = s1, l1; c = s2, l2; sn = s3, l3],
+            rope_apply(x, c, sn, t, d, self.inverse)
+        );
         Ok((out, l1.shape().clone()))
     }
 
@@ -486,17 +437,11 @@ impl CustomOp2 for SwiGlu {
         if l1.shape() != l2.shape() {
             candle_core::bail!("swiglu: gate and up differ in shape");
         }
-        let out = match (s1, s2) {
-            (CpuStorage::F32(g), CpuStorage::F32(u)) => CpuStorage::F32(swiglu_fwd(
-                contiguous(g, l1, "swiglu")?,
-                contiguous(u, l2, "swiglu")?,
-            )),
-            (CpuStorage::F64(g), CpuStorage::F64(u)) => CpuStorage::F64(swiglu_fwd(
-                contiguous(g, l1, "swiglu")?,
-                contiguous(u, l2, "swiglu")?,
-            )),
-            _ => candle_core::bail!("swiglu: f32 or f64, both the same"),
-        };
+        let out = floats!(
+            "swiglu",
+            [g = s1, l1; u = s2, l2],
+            swiglu_fwd(g, u)
+        );
         Ok((out, l1.shape().clone()))
     }
 
@@ -557,23 +502,11 @@ impl CustomOp3 for SwiGluBackward {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let n = l1.shape().elem_count();
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(g), CpuStorage::F32(u), CpuStorage::F32(d)) => {
-                CpuStorage::F32(swiglu_bwd(
-                    contiguous(g, l1, "swiglu backward")?,
-                    contiguous(u, l2, "swiglu backward")?,
-                    contiguous(d, l3, "swiglu backward")?,
-                ))
-            }
-            (CpuStorage::F64(g), CpuStorage::F64(u), CpuStorage::F64(d)) => {
-                CpuStorage::F64(swiglu_bwd(
-                    contiguous(g, l1, "swiglu backward")?,
-                    contiguous(u, l2, "swiglu backward")?,
-                    contiguous(d, l3, "swiglu backward")?,
-                ))
-            }
-            _ => candle_core::bail!("swiglu backward: f32 or f64, all the same"),
-        };
+        let out = floats!(
+            "swiglu backward",
+            [g = s1, l1; u = s2, l2; d = s3, l3],
+            swiglu_bwd(g, u, d)
+        );
         Ok((out, Shape::from(2 * n)))
     }
 }
@@ -626,15 +559,7 @@ impl CustomOp2 for CrossEntropy {
         if targets.len() != n {
             candle_core::bail!("cross-entropy: {} targets for {n} rows", targets.len());
         }
-        let out = match s1 {
-            CpuStorage::F32(x) => {
-                CpuStorage::F32(ce_fwd(contiguous(x, l1, "cross-entropy")?, targets, v)?)
-            }
-            CpuStorage::F64(x) => {
-                CpuStorage::F64(ce_fwd(contiguous(x, l1, "cross-entropy")?, targets, v)?)
-            }
-            _ => candle_core::bail!("cross-entropy: f32 or f64 logits"),
-        };
+        let out = floats!("cross-entropy", [x = s1, l1], ce_fwd(x, targets, v)?);
         Ok((out, Shape::from(n)))
     }
 
@@ -689,21 +614,11 @@ impl CustomOp3 for CrossEntropyBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let (_, v) = l1.shape().dims2()?;
         let targets = u32s(s2, l2)?;
-        let out = match (s1, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(ce_bwd(
-                contiguous(x, l1, "cross-entropy backward")?,
-                targets,
-                contiguous(g, l3, "cross-entropy backward")?,
-                v,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(ce_bwd(
-                contiguous(x, l1, "cross-entropy backward")?,
-                targets,
-                contiguous(g, l3, "cross-entropy backward")?,
-                v,
-            )),
-            _ => candle_core::bail!("cross-entropy backward: f32 or f64"),
-        };
+        let out = floats!(
+            "cross-entropy backward",
+            [x = s1, l1; g = s3, l3],
+            ce_bwd(x, targets, g, v)
+        );
         Ok((out, l1.shape().clone()))
     }
 }

@@ -323,10 +323,6 @@ impl Llama {
         &self.device
     }
 
-    pub fn dtype(&self) -> DType {
-        self.dtype
-    }
-
     /// Gives the `targets` layers of every block a LoRA adapter whose tensors live in `vb`,
     /// under PEFT's names (`base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`).
     pub fn add_lora(&mut self, vb: &VarBuilder, spec: &LoraSpec, targets: &[&str]) -> Result<()> {

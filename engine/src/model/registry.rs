@@ -405,13 +405,12 @@ impl Registry {
                     ));
                 }
                 check_scores(batch_size, base_config.num_attention_heads, seq_len)?;
-                for field in ["tokenizer", "hidden", "layers", "heads"] {
-                    let set = match field {
-                        "tokenizer" => request.tokenizer.is_some(),
-                        "hidden" => request.hidden.is_some(),
-                        "layers" => request.layers.is_some(),
-                        _ => request.heads.is_some(),
-                    };
+                for (field, set) in [
+                    ("tokenizer", request.tokenizer.is_some()),
+                    ("hidden", request.hidden.is_some()),
+                    ("layers", request.layers.is_some()),
+                    ("heads", request.heads.is_some()),
+                ] {
                     if set {
                         return Err(invalid(field, "a LoRA run takes the base's; leave it out"));
                     }
