@@ -62,6 +62,7 @@ pub mod jobs;
 pub mod merkle;
 pub mod model;
 pub mod plugin;
+pub mod serve;
 pub mod store;
 pub mod tuning;
 

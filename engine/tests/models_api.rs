@@ -11,6 +11,25 @@ use std::time::{Duration, Instant};
 use common::{published, Server};
 use serde_json::{json, Value};
 
+/// The model cards `GET /v1/models` lists (OpenAI's list object; GGUF bases have none).
+fn cards(http: &reqwest::blocking::Client, server: &Server, token: &str) -> Vec<Value> {
+    let listed: Value = http
+        .get(format!("{}/v1/models", server.url))
+        .bearer_auth(token)
+        .send()
+        .expect("send")
+        .json()
+        .expect("list");
+    assert_eq!(listed["object"], "list", "{listed}");
+    listed["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter(|m| !m["card"].is_null())
+        .map(|m| m["card"].clone())
+        .collect()
+}
+
 fn post(server: &Server, token: &str, body: &Value) -> reqwest::blocking::Response {
     server
         .http()
@@ -154,13 +173,7 @@ fn train_watch_list_and_cancel_models_through_the_api() {
         .expect("files")
         .contains(&json!("config.json")));
 
-    let listed: Vec<Value> = http
-        .get(format!("{}/v1/models", server.url))
-        .bearer_auth(&reader)
-        .send()
-        .expect("send")
-        .json()
-        .expect("list");
+    let listed = cards(&http, &server, &reader);
     assert_eq!(listed, vec![card.clone()]);
     let got: Value = http
         .get(format!("{}/v1/models/{id}", server.url))
@@ -211,13 +224,7 @@ fn train_watch_list_and_cancel_models_through_the_api() {
             .status(),
         409
     );
-    let listed: Vec<Value> = http
-        .get(format!("{}/v1/models", server.url))
-        .bearer_auth(&curator)
-        .send()
-        .expect("send")
-        .json()
-        .expect("list");
+    let listed = cards(&http, &server, &curator);
     assert_eq!(listed.len(), 1, "a cancelled run files no model");
     let staged: Vec<_> = std::fs::read_dir(server.data_dir.join("models/.staging"))
         .map(|d| d.flatten().collect())

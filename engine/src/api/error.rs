@@ -31,6 +31,11 @@ pub struct Problem {
     /// For rejected batches: the first row problems, each naming row and field.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errors: Option<Vec<RowError>>,
+    /// On the OpenAI-compatible routes: the same problem as OpenAI's clients read it
+    /// (`message`, `type`, `param`, `code`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<serde_json::Value>,
 }
 
 #[derive(Debug)]
@@ -46,7 +51,26 @@ impl ApiError {
             field: None,
             total_errors: None,
             errors: None,
+            error: None,
         }))
+    }
+
+    /// Adds the `error` object OpenAI's clients look for.
+    pub fn openai(mut self) -> Self {
+        let p = &self.0;
+        let kind = if p.status >= 500 {
+            "server_error"
+        } else {
+            "invalid_request_error"
+        };
+        let code = p.kind.rsplit(':').next().unwrap_or("error").to_string();
+        self.0.error = Some(serde_json::json!({
+            "message": p.detail,
+            "type": kind,
+            "param": p.field,
+            "code": code,
+        }));
+        self
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> Self {

@@ -3,6 +3,7 @@
 //! reply.
 
 pub mod attributions;
+pub mod completions;
 pub mod datanets;
 pub mod error;
 pub mod extract;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub jobs: Arc<crate::jobs::Jobs>,
     /// Trained models and their cards.
     pub models: Arc<crate::model::registry::Registry>,
+    /// Bases and adapters in memory, and the completions made with them.
+    pub serving: Arc<crate::serve::service::Serving>,
 }
 
 /// Runs blocking library work off the async workers.
@@ -135,7 +138,24 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/epochs/close", post(attributions::close_epoch))
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/jobs/{id}/cancel", post(models::cancel))
-        .route("/v1/models", post(models::train).get(models::list))
+        .route(
+            "/v1/models",
+            post(models::train).get(completions::list_models),
+        )
+        .route("/v1/completions", post(completions::completion))
+        .route("/v1/chat/completions", post(completions::chat))
+        .route(
+            "/v1/completions/{id}/attribution",
+            get(completions::attribution),
+        )
+        .route(
+            "/v1/adapters",
+            post(completions::load_adapter).get(completions::list_adapters),
+        )
+        .route(
+            "/v1/adapters/{name}",
+            axum::routing::delete(completions::unload_adapter),
+        )
         .route("/v1/models/{id}", get(models::get))
         .route("/v1/tokens", post(tokens::create))
         .route(

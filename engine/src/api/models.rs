@@ -1,5 +1,6 @@
 //! The Model Factory over REST: `POST /v1/models` queues a training run (202 and a job to
-//! watch at `/v1/jobs/{id}`), `GET /v1/models[/{id}]` reads model cards, and
+//! watch at `/v1/jobs/{id}`), `GET /v1/models/{id}` reads a model card (`GET /v1/models`,
+//! which lists what can be served, is in `completions`), and
 //! `POST /v1/jobs/{id}/cancel` stops a queued or running one.
 
 use std::sync::Arc;
@@ -147,31 +148,6 @@ pub async fn train(
         app.attributions.clone(),
     );
     Ok(accepted(status))
-}
-
-#[utoipa::path(get, operation_id = "listModels", path = "/v1/models", tag = "models",
-    responses((status = 200, body = [ModelCard], description = "the models of the Datanets the caller can read"),
-        (status = 401, body = Problem)),
-    security(("bearer" = [])))]
-pub async fn list(
-    State(app): State<AppState>,
-    principal: Principal,
-) -> Result<Json<Vec<ModelCard>>, ApiError> {
-    principal.require_authenticated()?;
-    let (registry, datanets) = (app.models.clone(), app.datanets.clone());
-    let cards = blocking(move || {
-        let cards = registry.list().map_err(ApiError::from)?;
-        Ok(cards
-            .into_iter()
-            .filter(|c| {
-                datanets
-                    .get(&c.datanet)
-                    .is_ok_and(|d| principal.can_read(&d).is_ok())
-            })
-            .collect::<Vec<_>>())
-    })
-    .await?;
-    Ok(Json(cards))
 }
 
 #[utoipa::path(get, operation_id = "getModel", path = "/v1/models/{id}", tag = "models",

@@ -103,7 +103,25 @@ fn serve(args: ServeArgs) -> Result<()> {
         crate::jobs::Jobs::open(datanets.store().clone()).context("reading the saved jobs")?;
     let jobs = Arc::new(jobs);
     api::models::resume(&jobs, queued, &models, &datanets, &attributions);
+    if args.max_batch == 0 {
+        bail!("--max-batch must be at least 1");
+    }
+    let serving = Arc::new(crate::serve::service::Serving::new(
+        models.clone(),
+        attributions.clone(),
+        datanets.store().clone(),
+        crate::serve::service::ServeConfig {
+            precision: args.precision,
+            engine: crate::serve::engine::EngineConfig {
+                max_batch: args.max_batch,
+                ..Default::default()
+            },
+            adapter_budget: args.adapter_budget,
+            max_rank: args.max_rank,
+        },
+    ));
     let state = AppState {
+        serving,
         attributions,
         jobs,
         models,

@@ -115,6 +115,19 @@ pub struct ServeArgs {
     /// `./dev` fetches SmolLM2-135M-Instruct into `.cache/bases`.
     #[arg(long, env = "TRIBUTARY_BASES_DIR")]
     pub bases_dir: Option<PathBuf>,
+    /// How served models hold their linear layers' weights: q8 (blocks of int8, a quarter
+    /// of the memory traffic) or f32.
+    #[arg(long, default_value = "q8")]
+    pub precision: crate::serve::matrix::Precision,
+    /// Requests decoded together per base; more wait for a slot.
+    #[arg(long, default_value_t = 32)]
+    pub max_batch: usize,
+    /// Bytes of LoRA adapters held in memory; the least recently used unpinned ones go first.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub adapter_budget: usize,
+    /// The highest LoRA rank an adapter may have to be served.
+    #[arg(long, default_value_t = 64)]
+    pub max_rank: usize,
 }
 
 #[derive(Debug, Args)]

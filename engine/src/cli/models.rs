@@ -3,6 +3,7 @@
 //! GGUF base to Hugging Face's layout; generate; and write logits for cross-checks.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
@@ -12,11 +13,15 @@ use crate::model::base::Base;
 use crate::model::chat::{ChatTemplate, Message};
 use crate::model::data::{self, TextSource};
 use crate::model::factory::{self, LoraRun, Outcome};
-use crate::model::generate::{self, Sampling};
+use crate::model::generate::Sampling;
 use crate::model::llama::LORA_TARGETS;
 use crate::model::lora::LoraSpec;
 use crate::model::train::{StepReport, TrainConfig};
 use crate::model::{adapter, Llama, LlamaConfig};
+use crate::serve::decoder::Decoder;
+use crate::serve::engine::{Engine, EngineConfig, Event, Job};
+use crate::serve::lora::Lora;
+use crate::serve::matrix::Precision;
 
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
@@ -198,7 +203,19 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f64,
     #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// How the linear layers hold their weights: q8 (blocks of int8) or f32.
+    #[arg(long, default_value = "q8")]
+    pub precision: Precision,
+    /// Generate this many answers to the prompt at once (seeds `seed`, `seed + 1`, ...),
+    /// batched, and report the aggregate speed.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Keep going past the end-of-text token, to `--max-tokens` (for measuring).
+    #[arg(long)]
+    pub ignore_eos: bool,
 }
 
 #[derive(Debug, Args)]
@@ -322,7 +339,15 @@ fn convert(gguf: &Path, out: &Path) -> Result<()> {
 }
 
 fn generate(args: GenerateArgs) -> Result<()> {
-    let (base, model) = args.model.load()?;
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let base = Base::open(&args.model.model, &candle_core::Device::Cpu)?;
+    let decoder = Arc::new(Decoder::new(&base.config, &base.tensors, args.precision)?);
+    let adapter = match &args.model.adapter {
+        Some(dir) => Some(Arc::new(Lora::read(dir, &base.config)?)),
+        None => None,
+    };
     let text = match (&args.prompt, &args.chat) {
         (Some(p), _) => p.clone(),
         (None, Some(c)) => base.template()?.render(&[Message::new("user", c)], true)?,
@@ -333,19 +358,65 @@ fn generate(args: GenerateArgs) -> Result<()> {
         max_tokens: args.max_tokens,
         temperature: args.temperature,
         top_p: args.top_p,
+        top_k: args.top_k,
         seed: args.seed,
-        stop: vec![base.eos()],
+        stop: if args.ignore_eos {
+            vec![]
+        } else {
+            vec![base.eos()]
+        },
     };
+    let engine = Engine::start(
+        decoder,
+        EngineConfig {
+            max_batch: args.batch,
+            ..EngineConfig::default()
+        },
+    )?;
     let started = std::time::Instant::now();
-    let (tokens, finish) = generate::generate(&model, &prompt, &sampling, &mut |_| true)?;
+    let receivers: Vec<_> = (0..args.batch)
+        .map(|i| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            engine.submit(Job {
+                prompt: prompt.clone(),
+                sampling: Sampling {
+                    seed: args.seed + i as u64,
+                    ..sampling.clone()
+                },
+                adapter: adapter.clone(),
+                events: tx,
+            });
+            rx
+        })
+        .collect();
+    let mut outputs = Vec::new();
+    for mut rx in receivers {
+        let mut tokens = Vec::new();
+        let summary = loop {
+            match rx.blocking_recv() {
+                Some(Event::Token(t)) => tokens.push(t),
+                Some(Event::Done(s)) => break s,
+                Some(Event::Failed(e)) => bail!("generation failed: {e}"),
+                None => bail!("generation stopped"),
+            }
+        };
+        outputs.push((tokens, summary));
+    }
     let secs = started.elapsed().as_secs_f64();
-    let output = base.tokenizer.decode(&tokens)?;
-    println!("{output}");
+    let (tokens, first) = &outputs[0];
+    println!("{}", base.tokenizer.decode(tokens)?);
+    let total: usize = outputs.iter().map(|(t, _)| t.len()).sum();
+    let decode = outputs.iter().map(|(_, s)| s.decode_s).fold(0.0, f64::max);
     eprintln!(
-        "{} prompt tokens, {} generated in {secs:.2} s ({:.1} tokens/s), finish: {finish:?}",
+        "{} prompt tokens, {total} generated in {secs:.2} s ({:.1} tokens/s; decoding {:.1} tokens/s after a {:.3} s prefill), batch {}, {:?} weights of {} MB, finish: {:?}",
         prompt.len(),
-        tokens.len(),
-        tokens.len() as f64 / secs.max(1e-9)
+        total as f64 / secs.max(1e-9),
+        (total - outputs.len()) as f64 / decode.max(1e-9),
+        first.prefill_s,
+        args.batch,
+        args.precision,
+        engine.decoder.bytes() / 1_000_000,
+        first.finish,
     );
     Ok(())
 }

@@ -16,6 +16,9 @@ pub struct Sampling {
     /// Zero picks the most likely token.
     pub temperature: f64,
     pub top_p: f64,
+    /// Only the `top_k` most likely tokens are drawn from; zero keeps them all.
+    #[serde(default)]
+    pub top_k: usize,
     pub seed: u64,
     /// Token ids that end the output (not included in it).
     pub stop: Vec<u32>,
@@ -27,6 +30,7 @@ impl Default for Sampling {
             max_tokens: 64,
             temperature: 0.0,
             top_p: 1.0,
+            top_k: 0,
             seed: 0,
             stop: Vec::new(),
         }
@@ -34,7 +38,7 @@ impl Default for Sampling {
 }
 
 /// Why generation ended, as OpenAI's `finish_reason` names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Finish {
     Stop,
@@ -42,7 +46,7 @@ pub enum Finish {
 }
 
 /// Picks the next token from `logits` (the vocabulary's scores for one position).
-fn pick(logits: &[f32], s: &Sampling, rng: &mut StdRng) -> u32 {
+pub fn pick(logits: &[f32], s: &Sampling, rng: &mut StdRng) -> u32 {
     let argmax = || {
         logits
             .iter()
@@ -65,8 +69,11 @@ fn pick(logits: &[f32], s: &Sampling, rng: &mut StdRng) -> u32 {
         .enumerate()
         .map(|(i, &l)| (i as u32, (((l - max) as f64) / s.temperature).exp()))
         .collect();
-    let total: f64 = probs.iter().map(|p| p.1).sum();
     probs.sort_by(|a, b| b.1.total_cmp(&a.1));
+    if s.top_k > 0 {
+        probs.truncate(s.top_k);
+    }
+    let total: f64 = probs.iter().map(|p| p.1).sum();
     let mut kept = 0.0;
     let mut cut = probs.len();
     for (i, p) in probs.iter().enumerate() {

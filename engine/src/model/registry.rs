@@ -287,7 +287,7 @@ impl Registry {
         names
     }
 
-    fn resolve_base(
+    pub fn resolve_base(
         &self,
         name: &str,
         can_read: CanRead,

@@ -37,7 +37,10 @@ pub const CF_ATTRIBUTIONS: &str = "attributions";
 pub const CF_JOBS: &str = "jobs";
 /// Model cards by model id.
 pub const CF_MODELS: &str = "models";
-const ALL_CFS: [&str; 11] = [
+/// Completions by id: the model, the output and where its attribution comes from, so that
+/// an attribution skipped at request time can be made later.
+pub const CF_COMPLETIONS: &str = "completions";
+const ALL_CFS: [&str; 12] = [
     CF_CATALOG,
     CF_BATCHES,
     CF_RECORDS,
@@ -49,6 +52,7 @@ const ALL_CFS: [&str; 11] = [
     CF_ATTRIBUTIONS,
     CF_JOBS,
     CF_MODELS,
+    CF_COMPLETIONS,
 ];
 
 /// Bits per key of the record index's Bloom filter: dedup lookups are mostly misses, and at

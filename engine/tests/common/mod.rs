@@ -201,6 +201,15 @@ pub fn smollm2(test: &str) -> Option<PathBuf> {
 
 /// The quickstart Datanet with its first batch approved and published as version 1.
 pub fn published(server: &Server, dir: &std::path::Path) -> (String, String) {
+    published_with(server, dir, &example("tips.jsonl"))
+}
+
+/// As [`published`], with the records in `tips` (JSON Lines) as version 1.
+pub fn published_with(
+    server: &Server,
+    dir: &std::path::Path,
+    tips: &std::path::Path,
+) -> (String, String) {
     let curator = server.token("carol", "curator", &[]);
     let key = dir.join("bob.key");
     let key_arg = key.to_str().expect("utf8");
@@ -213,7 +222,6 @@ pub fn published(server: &Server, dir: &std::path::Path) -> (String, String) {
         Some(&curator),
         &["datanets", "create", spec.to_str().expect("utf8")],
     );
-    let tips = example("tips.jsonl");
     server.cli_json(
         Some(&contributor),
         &[
