@@ -18,7 +18,7 @@ use crate::model::llama::LORA_TARGETS;
 use crate::model::lora::LoraSpec;
 use crate::model::train::{StepReport, TrainConfig};
 use crate::model::{adapter, Llama, LlamaConfig};
-use crate::serve::decoder::Decoder;
+use crate::serve::decoder::for_base;
 use crate::serve::engine::{Engine, EngineConfig, Event, Job};
 use crate::serve::lora::Lora;
 use crate::serve::matrix::Precision;
@@ -342,8 +342,8 @@ fn generate(args: GenerateArgs) -> Result<()> {
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let base = Base::open(&args.model.model, &candle_core::Device::Cpu)?;
-    let decoder = Arc::new(Decoder::new(&base.config, &base.tensors, args.precision)?);
+    let mut base = Base::open(&args.model.model, &candle_core::Device::Cpu)?;
+    let decoder = Arc::new(for_base(&mut base, args.precision)?);
     let adapter = match &args.model.adapter {
         Some(dir) => Some(Arc::new(Lora::read(dir, &base.config)?)),
         None => None,
@@ -408,13 +408,13 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let total: usize = outputs.iter().map(|(t, _)| t.len()).sum();
     let decode = outputs.iter().map(|(_, s)| s.decode_s).fold(0.0, f64::max);
     eprintln!(
-        "{} prompt tokens, {total} generated in {secs:.2} s ({:.1} tokens/s; decoding {:.1} tokens/s after a {:.3} s prefill), batch {}, {:?} weights of {} MB, finish: {:?}",
+        "{} prompt tokens, {total} generated in {secs:.2} s ({:.1} tokens/s; decoding {:.1} tokens/s after a {:.3} s prefill), batch {}, weights {} ({} MB), finish: {:?}",
         prompt.len(),
         total as f64 / secs.max(1e-9),
         (total - outputs.len()) as f64 / decode.max(1e-9),
         first.prefill_s,
         args.batch,
-        args.precision,
+        engine.decoder.layouts(),
         engine.decoder.bytes() / 1_000_000,
         first.finish,
     );

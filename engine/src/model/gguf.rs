@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{Vocab, BPE};
@@ -258,6 +259,107 @@ pub fn read_config(path: &Path) -> Result<LlamaConfig, GgufError> {
     config(&content)
 }
 
+/// A weight matrix as the file stores it, rows in Hugging Face's order.
+pub enum Blocks {
+    /// GGML's Q4_1: blocks of 32 weights as an f16 scale `d`, an f16 minimum `m` and 16
+    /// bytes of nibbles (weight `i` in the low nibble of byte `i`, weight `16 + i` in the high
+    /// one), each weight `d · q + m`.
+    Q4_1 {
+        rows: usize,
+        cols: usize,
+        data: Vec<u8>,
+    },
+    /// GGML's Q8_0: blocks of 32 weights as an f16 scale and 32 signed bytes.
+    Q8_0 {
+        rows: usize,
+        cols: usize,
+        data: Vec<u8>,
+    },
+    /// Any other type, dequantised.
+    F32(Tensor),
+}
+
+/// Bytes of one block of 32 weights.
+pub const Q4_1_BLOCK_BYTES: usize = 20;
+pub const Q8_0_BLOCK_BYTES: usize = 34;
+
+/// Puts whole rows (`row_bytes` each) in Hugging Face's order: the inverse of llama.cpp's
+/// interleaving of each head's two rotary halves (see [`unpermute`]).
+fn unpermute_rows(data: &[u8], rows: usize, row_bytes: usize, heads: usize) -> Vec<u8> {
+    let half = rows / heads / 2;
+    let mut out = Vec::with_capacity(data.len());
+    for new in 0..rows {
+        let (h, rem) = (new / (2 * half), new % (2 * half));
+        let (t, j) = (rem / half, rem % half);
+        let old = h * 2 * half + j * 2 + t;
+        out.extend_from_slice(&data[old * row_bytes..(old + 1) * row_bytes]);
+    }
+    out
+}
+
+/// Reads the weights at `path` as the file stores them: Q4_1 and Q8_0 matrices as their
+/// blocks, everything else dequantised to f32; with the config.
+pub fn read_blocks(path: &Path) -> Result<(LlamaConfig, HashMap<String, Blocks>), GgufError> {
+    let file_err = |e: &dyn std::fmt::Display| GgufError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| file_err(&e))?;
+    let mut reader = std::io::BufReader::new(&mut file);
+    let content = Content::read(&mut reader).map_err(|e| file_err(&e))?;
+    let config = config(&content)?;
+    let device = Device::Cpu;
+    let mut out = HashMap::new();
+    for name in content.tensor_infos.keys() {
+        let Some((hf, permuted)) = hf_name(name, &config) else {
+            continue;
+        };
+        let tensor_err = |e: candle_core::Error| GgufError::Tensor {
+            name: name.clone(),
+            message: e.to_string(),
+        };
+        let q = content
+            .tensor(&mut reader, name, &device)
+            .map_err(tensor_err)?;
+        let dims = q.shape().dims().to_vec();
+        let block = match q.dtype() {
+            GgmlDType::Q4_1 => Some(Q4_1_BLOCK_BYTES),
+            GgmlDType::Q8_0 => Some(Q8_0_BLOCK_BYTES),
+            _ => None,
+        };
+        let blocks = match (block, dims.as_slice()) {
+            (Some(bytes), &[rows, cols]) if cols % 32 == 0 => {
+                let data = q.data().map_err(tensor_err)?;
+                let row_bytes = cols / 32 * bytes;
+                if data.len() != rows * row_bytes {
+                    return Err(GgufError::Tensor {
+                        name: name.clone(),
+                        message: format!("{} bytes for {rows} × {cols}", data.len()),
+                    });
+                }
+                let data = match permuted {
+                    Some(heads) => unpermute_rows(&data, rows, row_bytes, heads),
+                    None => data.into_owned(),
+                };
+                if q.dtype() == GgmlDType::Q4_1 {
+                    Blocks::Q4_1 { rows, cols, data }
+                } else {
+                    Blocks::Q8_0 { rows, cols, data }
+                }
+            }
+            _ => {
+                let mut w = q.dequantize(&device).map_err(tensor_err)?;
+                if let Some(heads) = permuted {
+                    w = unpermute(&w, heads).map_err(tensor_err)?;
+                }
+                Blocks::F32(w.to_dtype(DType::F32).map_err(tensor_err)?)
+            }
+        };
+        out.insert(hf, blocks);
+    }
+    Ok((config, out))
+}
+
 /// Reads the base at `path` onto `device`, its weights dequantised to `dtype`.
 pub fn read(path: &Path, dtype: DType, device: &Device) -> Result<GgufBase, GgufError> {
     let file_err = |e: &dyn std::fmt::Display| GgufError::File {
@@ -320,6 +422,14 @@ mod tests {
                 .expect("vec"),
             vec![0., 1., 2., 3.]
         );
+        // Raw rows move the same way: two heads of dimension 4, rows of two bytes.
+        let rows: Vec<u8> = [0u8, 2, 1, 3, 4, 6, 5, 7]
+            .iter()
+            .flat_map(|&r| [r, 100 + r])
+            .collect();
+        let back = unpermute_rows(&rows, 8, 2, 2);
+        let want: Vec<u8> = (0u8..8).flat_map(|r| [r, 100 + r]).collect();
+        assert_eq!(back, want);
     }
 
     #[test]

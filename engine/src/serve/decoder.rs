@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use super::lora::Lora;
 use super::matrix::{dot, Delta, Matrix, Precision};
+use crate::model::gguf::Blocks;
 use crate::model::LlamaConfig;
 
 struct Layer {
@@ -59,6 +60,11 @@ impl KvCache {
         self.k.iter().chain(&self.v).map(|l| l.capacity() * 4).sum()
     }
 }
+
+/// Where a builder gets a vector (a norm's weights) by name and shape ...
+type VectorSource<'a> = dyn Fn(&str, &[usize]) -> Result<Vec<f32>, DecodeError> + 'a;
+/// ... and a matrix by name, rows and columns.
+type MatrixSource<'a> = dyn Fn(&str, usize, usize) -> Result<Matrix, DecodeError> + 'a;
 
 /// A sequence's part of a step: the tokens that follow what its cache holds, and the adapter
 /// its rows use.
@@ -125,6 +131,40 @@ impl<'a> Groups<'a> {
     }
 }
 
+/// The serving decoder for a base: a GGUF file's own blocks where it has them, the base's
+/// tensors otherwise. The base's dequantised tensors are dropped first.
+pub fn for_base(
+    base: &mut crate::model::base::Base,
+    precision: Precision,
+) -> Result<Decoder, DecodeError> {
+    let is_gguf = base.source.is_file();
+    if !is_gguf {
+        return Decoder::new(&base.config, &base.tensors, precision);
+    }
+    base.tensors.clear();
+    let (_, blocks) =
+        crate::model::gguf::read_blocks(&base.source).map_err(|e| DecodeError::Tensor {
+            name: base.source.display().to_string(),
+            message: e.to_string(),
+        })?;
+    Decoder::from_gguf(&base.config, &blocks, precision)
+}
+
+fn f32_of(name: &str, t: &Tensor, shape: &[usize]) -> Result<Vec<f32>, DecodeError> {
+    if t.dims() != shape {
+        return Err(DecodeError::Tensor {
+            name: name.into(),
+            message: format!("is {:?}; the config needs {shape:?}", t.dims()),
+        });
+    }
+    t.to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+        .map_err(|e| DecodeError::Tensor {
+            name: name.into(),
+            message: e.to_string(),
+        })
+}
+
 fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     let h = w.len();
     let mut y = vec![0f32; x.len()];
@@ -163,27 +203,115 @@ impl Decoder {
         tensors: &HashMap<String, Tensor>,
         precision: Precision,
     ) -> Result<Self, DecodeError> {
+        let source = |name: &str, shape: &[usize]| -> Result<Vec<f32>, DecodeError> {
+            let t = tensors
+                .get(name)
+                .ok_or_else(|| DecodeError::Missing(name.into()))?;
+            f32_of(name, t, shape)
+        };
+        let matrix = |name: &str, rows: usize, cols: usize| -> Result<Matrix, DecodeError> {
+            Ok(Matrix::new(
+                rows,
+                cols,
+                source(name, &[rows, cols])?,
+                precision,
+            ))
+        };
+        Self::build(config, &source, &matrix, precision)
+    }
+
+    /// The decoder over a GGUF file's weights: Q8_0 matrices keep their blocks (exactly),
+    /// Q4_1 ones too at [`Precision::Gguf`] (0.75 bytes a weight, no second rounding) and
+    /// are widened to Q8 otherwise (faster here: decoding is bound by unpacking, not by
+    /// memory); other types are put in `precision`.
+    pub fn from_gguf(
+        config: &LlamaConfig,
+        blocks: &HashMap<String, Blocks>,
+        precision: Precision,
+    ) -> Result<Self, DecodeError> {
+        let source = |name: &str, shape: &[usize]| -> Result<Vec<f32>, DecodeError> {
+            match blocks.get(name) {
+                Some(Blocks::F32(t)) => f32_of(name, t, shape),
+                Some(_) => Err(DecodeError::Tensor {
+                    name: name.into(),
+                    message: "is quantised where f32 is needed".into(),
+                }),
+                None => Err(DecodeError::Missing(name.into())),
+            }
+        };
+        let matrix = |name: &str, rows: usize, cols: usize| -> Result<Matrix, DecodeError> {
+            let shape_err = |r: usize, c: usize| DecodeError::Tensor {
+                name: name.into(),
+                message: format!("is [{r}, {c}]; the config needs [{rows}, {cols}]"),
+            };
+            match blocks.get(name) {
+                Some(Blocks::Q4_1 {
+                    rows: r,
+                    cols: c,
+                    data,
+                }) if precision == Precision::Gguf => {
+                    if (*r, *c) != (rows, cols) {
+                        return Err(shape_err(*r, *c));
+                    }
+                    Ok(Matrix::from_q4_1(rows, cols, data))
+                }
+                Some(Blocks::Q8_0 {
+                    rows: r,
+                    cols: c,
+                    data,
+                }) if precision != Precision::F32 => {
+                    if (*r, *c) != (rows, cols) {
+                        return Err(shape_err(*r, *c));
+                    }
+                    Ok(Matrix::from_q8_0(rows, cols, data))
+                }
+                Some(Blocks::Q4_1 {
+                    rows: r,
+                    cols: c,
+                    data,
+                }) => {
+                    if (*r, *c) != (rows, cols) {
+                        return Err(shape_err(*r, *c));
+                    }
+                    let w = Matrix::from_q4_1(rows, cols, data).to_f32();
+                    Ok(Matrix::new(rows, cols, w, precision))
+                }
+                Some(Blocks::Q8_0 {
+                    rows: r,
+                    cols: c,
+                    data,
+                }) => {
+                    if (*r, *c) != (rows, cols) {
+                        return Err(shape_err(*r, *c));
+                    }
+                    Ok(Matrix::f32(
+                        rows,
+                        cols,
+                        Matrix::from_q8_0(rows, cols, data).to_f32(),
+                    ))
+                }
+                Some(Blocks::F32(t)) => Ok(Matrix::new(
+                    rows,
+                    cols,
+                    f32_of(name, t, &[rows, cols])?,
+                    precision,
+                )),
+                None => Err(DecodeError::Missing(name.into())),
+            }
+        };
+        Self::build(config, &source, &matrix, precision)
+    }
+
+    fn build(
+        config: &LlamaConfig,
+        get: &VectorSource,
+        matrix: &MatrixSource,
+        precision: Precision,
+    ) -> Result<Self, DecodeError> {
         config.check().map_err(|m| DecodeError::Tensor {
             name: "config".into(),
             message: m,
         })?;
-        let get = |name: &str, shape: &[usize]| -> Result<Vec<f32>, DecodeError> {
-            let t = tensors
-                .get(name)
-                .ok_or_else(|| DecodeError::Missing(name.into()))?;
-            if t.dims() != shape {
-                return Err(DecodeError::Tensor {
-                    name: name.into(),
-                    message: format!("is {:?}; the config needs {shape:?}", t.dims()),
-                });
-            }
-            t.to_dtype(DType::F32)
-                .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
-                .map_err(|e| DecodeError::Tensor {
-                    name: name.into(),
-                    message: e.to_string(),
-                })
-        };
         let (h, inter, d) = (
             config.hidden_size,
             config.intermediate_size,
@@ -196,46 +324,36 @@ impl Decoder {
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let p = |n: &str| format!("model.layers.{i}.{n}");
-            let mut qkv = get(&p("self_attn.q_proj.weight"), &[q, h])?;
-            qkv.extend(get(&p("self_attn.k_proj.weight"), &[kv, h])?);
-            qkv.extend(get(&p("self_attn.v_proj.weight"), &[kv, h])?);
-            let mut gate_up = get(&p("mlp.gate_proj.weight"), &[inter, h])?;
-            gate_up.extend(get(&p("mlp.up_proj.weight"), &[inter, h])?);
+            let qkv = Matrix::stack(
+                vec![
+                    matrix(&p("self_attn.q_proj.weight"), q, h)?,
+                    matrix(&p("self_attn.k_proj.weight"), kv, h)?,
+                    matrix(&p("self_attn.v_proj.weight"), kv, h)?,
+                ],
+                precision,
+            );
+            let gate_up = Matrix::stack(
+                vec![
+                    matrix(&p("mlp.gate_proj.weight"), inter, h)?,
+                    matrix(&p("mlp.up_proj.weight"), inter, h)?,
+                ],
+                precision,
+            );
             layers.push(Layer {
                 attn_norm: get(&p("input_layernorm.weight"), &[h])?,
-                qkv: Matrix::new(q + 2 * kv, h, qkv, precision),
-                o: Matrix::new(
-                    h,
-                    q,
-                    get(&p("self_attn.o_proj.weight"), &[h, q])?,
-                    precision,
-                ),
+                qkv,
+                o: matrix(&p("self_attn.o_proj.weight"), h, q)?,
                 mlp_norm: get(&p("post_attention_layernorm.weight"), &[h])?,
-                gate_up: Matrix::new(2 * inter, h, gate_up, precision),
-                down: Matrix::new(
-                    h,
-                    inter,
-                    get(&p("mlp.down_proj.weight"), &[h, inter])?,
-                    precision,
-                ),
+                gate_up,
+                down: matrix(&p("mlp.down_proj.weight"), h, inter)?,
             });
         }
         let vocab = config.vocab_size;
-        let embed = Matrix::new(
-            vocab,
-            h,
-            get("model.embed_tokens.weight", &[vocab, h])?,
-            precision,
-        );
+        let embed = matrix("model.embed_tokens.weight", vocab, h)?;
         let head = if config.tie_word_embeddings {
             None
         } else {
-            Some(Matrix::new(
-                vocab,
-                h,
-                get("lm_head.weight", &[vocab, h])?,
-                precision,
-            ))
+            Some(matrix("lm_head.weight", vocab, h)?)
         };
         // The tables `Llama` builds: inverse frequencies and their products in f32.
         let half = d / 2;
@@ -263,6 +381,27 @@ impl Decoder {
             cos,
             sin,
         })
+    }
+
+    /// The weights' layouts and how many matrices have each, e.g. `q4_1 ×181, q8 ×1`.
+    pub fn layouts(&self) -> String {
+        let mut counts: Vec<(&str, usize)> = Vec::new();
+        let all = self
+            .layers
+            .iter()
+            .flat_map(|l| [&l.qkv, &l.o, &l.gate_up, &l.down])
+            .chain(std::iter::once(self.head.as_ref().unwrap_or(&self.embed)));
+        for m in all {
+            match counts.iter_mut().find(|(n, _)| *n == m.layout()) {
+                Some((_, c)) => *c += 1,
+                None => counts.push((m.layout(), 1)),
+            }
+        }
+        counts
+            .iter()
+            .map(|(n, c)| format!("{n} ×{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Bytes of weights one step reads.

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use super::cache::{AdapterCache, CacheError, CachedAdapter};
-use super::decoder::Decoder;
+use super::decoder::for_base;
 use super::engine::{Engine, EngineConfig};
 use super::lora::Lora;
 use super::matrix::Precision;
@@ -249,9 +249,8 @@ impl Serving {
             None => None,
         };
         let started = std::time::Instant::now();
-        let base = Base::open(&path, &candle_core::Device::Cpu).map_err(failed)?;
-        let decoder =
-            Decoder::new(&base.config, &base.tensors, self.config.precision).map_err(failed)?;
+        let mut base = Base::open(&path, &candle_core::Device::Cpu).map_err(failed)?;
+        let decoder = for_base(&mut base, self.config.precision).map_err(failed)?;
         let template = base.template().map_err(failed)?;
         let loaded = Arc::new(LoadedBase {
             name: name.to_string(),
@@ -269,6 +268,7 @@ impl Serving {
             seconds = started.elapsed().as_secs_f64(),
             megabytes = loaded.engine.decoder.bytes() / 1_000_000,
             precision = ?self.config.precision,
+            layouts = %loaded.engine.decoder.layouts(),
             "base loaded"
         );
         let mut bases = self.bases.lock().unwrap_or_else(|p| p.into_inner());
