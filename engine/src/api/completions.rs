@@ -320,10 +320,16 @@ fn plan(
 }
 
 /// Turns tokens into text as they come: holds back what could be the start of a stop
-/// sequence or an incomplete character, and ends at the first stop sequence.
+/// sequence or an incomplete character, and ends at the first stop sequence. Each token
+/// decodes only the last few tokens (the ones from `prefix`, less what those up to `read`
+/// gave), so an answer costs linear, not quadratic, decoding.
 struct TextStream {
     base: Arc<LoadedBase>,
     tokens: Vec<u32>,
+    /// The text of `tokens[..read]`.
+    decoded: String,
+    prefix: usize,
+    read: usize,
     /// Bytes of the text already handed out.
     emitted: usize,
     stops: Vec<String>,
@@ -343,6 +349,9 @@ impl TextStream {
         Self {
             base,
             tokens: Vec::new(),
+            decoded: String::new(),
+            prefix: 0,
+            read: 0,
             emitted: 0,
             stops,
             hold,
@@ -350,16 +359,34 @@ impl TextStream {
         }
     }
 
-    fn text(&self) -> String {
-        self.base.tokenizer.decode(&self.tokens).unwrap_or_default()
+    fn decode(&self, ids: &[u32]) -> String {
+        self.base.tokenizer.decode(ids).unwrap_or_default()
+    }
+
+    /// Moves what the new tokens add into `decoded`, unless they end inside a character
+    /// (and this is not the `last` call).
+    fn advance(&mut self, last: bool) {
+        let window = self.decode(&self.tokens[self.prefix..]);
+        let before = self.decode(&self.tokens[self.prefix..self.read]);
+        if window.len() <= before.len() || (!last && window.ends_with('\u{FFFD}')) {
+            return;
+        }
+        match window.strip_prefix(before.as_str()) {
+            Some(new) => self.decoded.push_str(new),
+            // A decoder that rewrites what came before: decode the whole answer once.
+            None => self.decoded = self.decode(&self.tokens),
+        }
+        self.prefix = self.read;
+        self.read = self.tokens.len();
     }
 
     /// Adds a token; returns the text it releases.
     fn push(&mut self, token: u32) -> String {
         self.tokens.push(token);
-        let text = self.text();
+        self.advance(false);
+        let text = &self.decoded;
         // A stop sequence may straddle what was handed out and what is new.
-        let from = self.emitted.saturating_sub(self.hold);
+        let from = self.emitted.saturating_sub(self.hold).min(text.len());
         let from = (0..=from)
             .rev()
             .find(|&i| text.is_char_boundary(i))
@@ -377,8 +404,6 @@ impl TextStream {
             return out;
         }
         let mut end = text.len().saturating_sub(self.hold);
-        let trimmed = text.trim_end_matches('\u{FFFD}').len();
-        end = end.min(trimmed);
         while end > 0 && !text.is_char_boundary(end) {
             end -= 1;
         }
@@ -392,14 +417,17 @@ impl TextStream {
 
     /// The rest of the text, at the end.
     fn finish(&mut self) -> String {
-        let text = self.stopped.clone().unwrap_or_else(|| self.text());
+        if self.stopped.is_none() {
+            self.advance(true);
+        }
+        let text = self.full();
         let out = text.get(self.emitted..).unwrap_or("").to_string();
         self.emitted = text.len();
         out
     }
 
     fn full(&self) -> String {
-        self.stopped.clone().unwrap_or_else(|| self.text())
+        self.stopped.clone().unwrap_or_else(|| self.decoded.clone())
     }
 }
 

@@ -112,7 +112,10 @@ pub fn seed(
          \x20   -d '{{\"datanet\": \"{id}\", \"version\": 1, \"tokenizer\": \"{index}\", \"steps\": 100, \"seq_len\": 32}}' \\\n\
          \x20   {url}/v1/models     # trains a model on version 1 as a job; then watch it:\n\
          \x20 curl -sN -H \"Authorization: Bearer $(cat {token})\" -H 'Accept: text/event-stream' {url}/v1/jobs/<job id>\n\
-         The README's walkthrough goes on from there (LoRA over SmolLM2 too).\n",
+         \x20 curl -s -H \"Authorization: Bearer $(cat {token})\" -H 'Content-Type: application/json' \\\n\
+         \x20   -d '{{\"model\": \"<model id from the job>\", \"prompt\": \"Rest a steak\", \"max_tokens\": 40}}' \\\n\
+         \x20   {url}/v1/completions | python3 -m json.tool   # an answer with its attribution\n\
+         The README's walkthrough goes on from there (LoRA over SmolLM2, and serving, too).\n",
         token = token.display(),
         index = index.hash
     );

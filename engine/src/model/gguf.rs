@@ -259,6 +259,44 @@ pub fn read_config(path: &Path) -> Result<LlamaConfig, GgufError> {
     config(&content)
 }
 
+/// Opens `path` and hands `visit` each tensor that has a Hugging Face name (with whether
+/// llama.cpp permuted its rows, and an error maker for it); returns the file's metadata and
+/// config.
+fn visit_tensors(
+    path: &Path,
+    device: &Device,
+    mut visit: impl FnMut(
+        String,
+        Option<usize>,
+        candle_core::quantized::QTensor,
+        &dyn Fn(candle_core::Error) -> GgufError,
+    ) -> Result<(), GgufError>,
+) -> Result<(Content, LlamaConfig), GgufError> {
+    let file_err = |e: &dyn std::fmt::Display| GgufError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| file_err(&e))?;
+    let mut reader = std::io::BufReader::new(&mut file);
+    let content = Content::read(&mut reader).map_err(|e| file_err(&e))?;
+    let config = config(&content)?;
+    for name in content.tensor_infos.keys() {
+        let Some((hf, permuted)) = hf_name(name, &config) else {
+            // Tables such as `rope_freqs.weight` are recomputed from the config.
+            continue;
+        };
+        let tensor_err = |e: candle_core::Error| GgufError::Tensor {
+            name: name.clone(),
+            message: e.to_string(),
+        };
+        let q = content
+            .tensor(&mut reader, name, device)
+            .map_err(tensor_err)?;
+        visit(hf, permuted, q, &tensor_err)?;
+    }
+    Ok((content, config))
+}
+
 /// A weight matrix as the file stores it, rows in Hugging Face's order.
 pub enum Blocks {
     /// GGML's Q4_1: blocks of 32 weights as an f16 scale `d`, an f16 minimum `m` and 16
@@ -300,27 +338,9 @@ fn unpermute_rows(data: &[u8], rows: usize, row_bytes: usize, heads: usize) -> V
 /// Reads the weights at `path` as the file stores them: Q4_1 and Q8_0 matrices as their
 /// blocks, everything else dequantised to f32; with the config.
 pub fn read_blocks(path: &Path) -> Result<(LlamaConfig, HashMap<String, Blocks>), GgufError> {
-    let file_err = |e: &dyn std::fmt::Display| GgufError::File {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
-    let mut file = std::fs::File::open(path).map_err(|e| file_err(&e))?;
-    let mut reader = std::io::BufReader::new(&mut file);
-    let content = Content::read(&mut reader).map_err(|e| file_err(&e))?;
-    let config = config(&content)?;
     let device = Device::Cpu;
     let mut out = HashMap::new();
-    for name in content.tensor_infos.keys() {
-        let Some((hf, permuted)) = hf_name(name, &config) else {
-            continue;
-        };
-        let tensor_err = |e: candle_core::Error| GgufError::Tensor {
-            name: name.clone(),
-            message: e.to_string(),
-        };
-        let q = content
-            .tensor(&mut reader, name, &device)
-            .map_err(tensor_err)?;
+    let (_, config) = visit_tensors(path, &device, |hf, permuted, q, tensor_err| {
         let dims = q.shape().dims().to_vec();
         let block = match q.dtype() {
             GgmlDType::Q4_1 => Some(Q4_1_BLOCK_BYTES),
@@ -333,7 +353,7 @@ pub fn read_blocks(path: &Path) -> Result<(LlamaConfig, HashMap<String, Blocks>)
                 let row_bytes = cols / 32 * bytes;
                 if data.len() != rows * row_bytes {
                     return Err(GgufError::Tensor {
-                        name: name.clone(),
+                        name: hf.clone(),
                         message: format!("{} bytes for {rows} × {cols}", data.len()),
                     });
                 }
@@ -356,39 +376,22 @@ pub fn read_blocks(path: &Path) -> Result<(LlamaConfig, HashMap<String, Blocks>)
             }
         };
         out.insert(hf, blocks);
-    }
+        Ok(())
+    })?;
     Ok((config, out))
 }
 
 /// Reads the base at `path` onto `device`, its weights dequantised to `dtype`.
 pub fn read(path: &Path, dtype: DType, device: &Device) -> Result<GgufBase, GgufError> {
-    let file_err = |e: &dyn std::fmt::Display| GgufError::File {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
-    let mut file = std::fs::File::open(path).map_err(|e| file_err(&e))?;
-    let mut reader = std::io::BufReader::new(&mut file);
-    let content = Content::read(&mut reader).map_err(|e| file_err(&e))?;
-    let config = config(&content)?;
     let mut tensors = HashMap::new();
-    for name in content.tensor_infos.keys() {
-        let Some((hf, permuted)) = hf_name(name, &config) else {
-            // Tables such as `rope_freqs.weight` are recomputed from the config.
-            continue;
-        };
-        let tensor_err = |e: candle_core::Error| GgufError::Tensor {
-            name: name.clone(),
-            message: e.to_string(),
-        };
-        let q = content
-            .tensor(&mut reader, name, device)
-            .map_err(tensor_err)?;
+    let (content, config) = visit_tensors(path, device, |hf, permuted, q, tensor_err| {
         let mut w = q.dequantize(device).map_err(tensor_err)?;
         if let Some(heads) = permuted {
             w = unpermute(&w, heads).map_err(tensor_err)?;
         }
         tensors.insert(hf, w.to_dtype(dtype).map_err(tensor_err)?);
-    }
+        Ok(())
+    })?;
     let chat_template = content
         .metadata
         .get("tokenizer.chat_template")

@@ -240,64 +240,46 @@ impl Decoder {
             }
         };
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<Matrix, DecodeError> {
-            let shape_err = |r: usize, c: usize| DecodeError::Tensor {
-                name: name.into(),
-                message: format!("is [{r}, {c}]; the config needs [{rows}, {cols}]"),
+            let (data, q4) = match blocks.get(name) {
+                None => return Err(DecodeError::Missing(name.into())),
+                Some(Blocks::F32(t)) => {
+                    let w = f32_of(name, t, &[rows, cols])?;
+                    return Ok(Matrix::new(rows, cols, w, precision));
+                }
+                Some(Blocks::Q4_1 {
+                    rows: r,
+                    cols: c,
+                    data,
+                })
+                | Some(Blocks::Q8_0 {
+                    rows: r,
+                    cols: c,
+                    data,
+                }) if (*r, *c) != (rows, cols) => {
+                    return Err(DecodeError::Tensor {
+                        name: name.into(),
+                        message: format!("is [{r}, {c}]; the config needs [{rows}, {cols}]"),
+                    })
+                }
+                Some(Blocks::Q4_1 { data, .. }) => (data, true),
+                Some(Blocks::Q8_0 { data, .. }) => (data, false),
             };
-            match blocks.get(name) {
-                Some(Blocks::Q4_1 {
-                    rows: r,
-                    cols: c,
-                    data,
-                }) if precision == Precision::Gguf => {
-                    if (*r, *c) != (rows, cols) {
-                        return Err(shape_err(*r, *c));
-                    }
-                    Ok(Matrix::from_q4_1(rows, cols, data))
-                }
-                Some(Blocks::Q8_0 {
-                    rows: r,
-                    cols: c,
-                    data,
-                }) if precision != Precision::F32 => {
-                    if (*r, *c) != (rows, cols) {
-                        return Err(shape_err(*r, *c));
-                    }
-                    Ok(Matrix::from_q8_0(rows, cols, data))
-                }
-                Some(Blocks::Q4_1 {
-                    rows: r,
-                    cols: c,
-                    data,
-                }) => {
-                    if (*r, *c) != (rows, cols) {
-                        return Err(shape_err(*r, *c));
-                    }
-                    let w = Matrix::from_q4_1(rows, cols, data).to_f32();
-                    Ok(Matrix::new(rows, cols, w, precision))
-                }
-                Some(Blocks::Q8_0 {
-                    rows: r,
-                    cols: c,
-                    data,
-                }) => {
-                    if (*r, *c) != (rows, cols) {
-                        return Err(shape_err(*r, *c));
-                    }
-                    Ok(Matrix::f32(
-                        rows,
-                        cols,
-                        Matrix::from_q8_0(rows, cols, data).to_f32(),
-                    ))
-                }
-                Some(Blocks::F32(t)) => Ok(Matrix::new(
-                    rows,
-                    cols,
-                    f32_of(name, t, &[rows, cols])?,
-                    precision,
-                )),
-                None => Err(DecodeError::Missing(name.into())),
-            }
+            let kept = if q4 {
+                Matrix::from_q4_1(rows, cols, data)
+            } else {
+                Matrix::from_q8_0(rows, cols, data)
+            };
+            // Blocks stay as the file has them where the precision allows.
+            let keep = match precision {
+                Precision::Gguf => true,
+                Precision::Q8 => !q4,
+                Precision::F32 => false,
+            };
+            Ok(if keep {
+                kept
+            } else {
+                Matrix::new(rows, cols, kept.to_f32(), precision)
+            })
         };
         Self::build(config, &source, &matrix, precision)
     }
