@@ -342,7 +342,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let mut base = Base::open(&args.model.model, &candle_core::Device::Cpu)?;
+    let mut base = Base::open_meta(&args.model.model, &candle_core::Device::Cpu)?;
     let decoder = Arc::new(for_base(&mut base, args.precision)?);
     let adapter = match &args.model.adapter {
         Some(dir) => Some(Arc::new(Lora::read(dir, &base.config)?)),

@@ -56,8 +56,22 @@ impl Base {
         }
     }
 
+    /// As [`Base::open`], leaving a GGUF file's weights unread (`tensors` empty): serving
+    /// reads them as their quantised blocks instead of dequantising the whole model first.
+    pub fn open_meta(path: &Path, device: &Device) -> Result<Self, ModelFileError> {
+        if path.is_dir() {
+            return Self::open_dir(path, device);
+        }
+        let base = gguf::read_meta(path).map_err(|e| file_error(path, e))?;
+        Self::from_gguf(path, base)
+    }
+
     fn open_gguf(path: &Path, device: &Device) -> Result<Self, ModelFileError> {
         let base = gguf::read(path, DType::F32, device).map_err(|e| file_error(path, e))?;
+        Self::from_gguf(path, base)
+    }
+
+    fn from_gguf(path: &Path, base: gguf::GgufBase) -> Result<Self, ModelFileError> {
         let tokenizer =
             Tokenizer::from_json(base.tokenizer_json).map_err(|e| file_error(path, e))?;
         Ok(Self {

@@ -392,6 +392,28 @@ pub fn read(path: &Path, dtype: DType, device: &Device) -> Result<GgufBase, Gguf
         tensors.insert(hf, w.to_dtype(dtype).map_err(tensor_err)?);
         Ok(())
     })?;
+    base_of(&content, config, tensors)
+}
+
+/// The base at `path` without its weights: config, tokenizer, chat template and name (for
+/// serving, which reads the weights as blocks with [`read_blocks`]).
+pub fn read_meta(path: &Path) -> Result<GgufBase, GgufError> {
+    let file_err = |e: &dyn std::fmt::Display| GgufError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| file_err(&e))?;
+    let content =
+        Content::read(&mut std::io::BufReader::new(&mut file)).map_err(|e| file_err(&e))?;
+    let config = config(&content)?;
+    base_of(&content, config, HashMap::new())
+}
+
+fn base_of(
+    content: &Content,
+    config: LlamaConfig,
+    tensors: HashMap<String, Tensor>,
+) -> Result<GgufBase, GgufError> {
     let chat_template = content
         .metadata
         .get("tokenizer.chat_template")
@@ -401,7 +423,7 @@ pub fn read(path: &Path, dtype: DType, device: &Device) -> Result<GgufBase, Gguf
         .get("general.name")
         .and_then(|v| v.to_string().ok().cloned());
     Ok(GgufBase {
-        tokenizer_json: tokenizer(&content)?,
+        tokenizer_json: tokenizer(content)?,
         config,
         tensors,
         chat_template,

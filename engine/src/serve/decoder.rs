@@ -131,8 +131,9 @@ impl<'a> Groups<'a> {
     }
 }
 
-/// The serving decoder for a base: a GGUF file's own blocks where it has them, the base's
-/// tensors otherwise. The base's dequantised tensors are dropped first.
+/// The serving decoder for a base: a GGUF file's weights read as their blocks (open it with
+/// [`Base::open_meta`](crate::model::base::Base::open_meta) to skip dequantising them first;
+/// any dequantised tensors are dropped), the base's tensors otherwise.
 pub fn for_base(
     base: &mut crate::model::base::Base,
     precision: Precision,

@@ -122,9 +122,17 @@ impl Engine {
             running: running.clone(),
             waiting: waiting.clone(),
         };
+        // The loop runs on a worker of the engine's own pool, so that the serial parts of a
+        // step (norms, attention of one row) and the parallel products share the pool's
+        // threads: driven from a thread outside the pool, the pool's idle workers spun for
+        // the serial parts and took the core that thread needed.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("tributary-decode-{i}"))
+            .build()
+            .map_err(std::io::Error::other)?;
         std::thread::Builder::new()
             .name("tributary-decode".into())
-            .spawn(move || worker.run())?;
+            .spawn(move || pool.install(|| worker.run()))?;
         Ok(Self {
             submit,
             decoder,

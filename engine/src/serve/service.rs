@@ -249,7 +249,7 @@ impl Serving {
             None => None,
         };
         let started = std::time::Instant::now();
-        let mut base = Base::open(&path, &candle_core::Device::Cpu).map_err(failed)?;
+        let mut base = Base::open_meta(&path, &candle_core::Device::Cpu).map_err(failed)?;
         let decoder = for_base(&mut base, self.config.precision).map_err(failed)?;
         let template = base.template().map_err(failed)?;
         let loaded = Arc::new(LoadedBase {
