@@ -249,14 +249,19 @@ fn tokenizer(content: &Content) -> Result<String, GgufError> {
 
 /// The config of the GGUF file at `path`, from its metadata alone (no tensor is read).
 pub fn read_config(path: &Path) -> Result<LlamaConfig, GgufError> {
+    config(&open(path)?.0)
+}
+
+/// The file's metadata and tensor table, and the reader positioned after them.
+fn open(path: &Path) -> Result<(Content, std::io::BufReader<std::fs::File>), GgufError> {
     let file_err = |e: &dyn std::fmt::Display| GgufError::File {
         path: path.display().to_string(),
         message: e.to_string(),
     };
-    let mut file = std::fs::File::open(path).map_err(|e| file_err(&e))?;
-    let content =
-        Content::read(&mut std::io::BufReader::new(&mut file)).map_err(|e| file_err(&e))?;
-    config(&content)
+    let file = std::fs::File::open(path).map_err(|e| file_err(&e))?;
+    let mut reader = std::io::BufReader::new(file);
+    let content = Content::read(&mut reader).map_err(|e| file_err(&e))?;
+    Ok((content, reader))
 }
 
 /// Opens `path` and hands `visit` each tensor that has a Hugging Face name (with whether
@@ -272,13 +277,7 @@ fn visit_tensors(
         &dyn Fn(candle_core::Error) -> GgufError,
     ) -> Result<(), GgufError>,
 ) -> Result<(Content, LlamaConfig), GgufError> {
-    let file_err = |e: &dyn std::fmt::Display| GgufError::File {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
-    let mut file = std::fs::File::open(path).map_err(|e| file_err(&e))?;
-    let mut reader = std::io::BufReader::new(&mut file);
-    let content = Content::read(&mut reader).map_err(|e| file_err(&e))?;
+    let (content, mut reader) = open(path)?;
     let config = config(&content)?;
     for name in content.tensor_infos.keys() {
         let Some((hf, permuted)) = hf_name(name, &config) else {
@@ -398,13 +397,7 @@ pub fn read(path: &Path, dtype: DType, device: &Device) -> Result<GgufBase, Gguf
 /// The base at `path` without its weights: config, tokenizer, chat template and name (for
 /// serving, which reads the weights as blocks with [`read_blocks`]).
 pub fn read_meta(path: &Path) -> Result<GgufBase, GgufError> {
-    let file_err = |e: &dyn std::fmt::Display| GgufError::File {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
-    let mut file = std::fs::File::open(path).map_err(|e| file_err(&e))?;
-    let content =
-        Content::read(&mut std::io::BufReader::new(&mut file)).map_err(|e| file_err(&e))?;
+    let (content, _) = open(path)?;
     let config = config(&content)?;
     base_of(&content, config, HashMap::new())
 }

@@ -186,6 +186,14 @@ impl Worker {
             )));
             return;
         }
+        if let Some(e) = job
+            .adapter
+            .as_deref()
+            .and_then(|l| self.decoder.check_adapter(l).err())
+        {
+            let _ = job.events.send(Event::Failed(e.to_string()));
+            return;
+        }
         let budget = job.sampling.max_tokens.min(max - job.prompt.len());
         if budget == 0 {
             let _ = job.events.send(Event::Done(Summary {

@@ -520,16 +520,25 @@ mod avx2 {
                 ];
                 let at = b * BLOCK;
                 for (j, a) in acc.iter_mut().enumerate() {
-                    let x = xp.add(j * c + at);
-                    let mut p = _mm256_mul_ps(w[0], _mm256_loadu_ps(x));
-                    p = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(x.add(8)), p);
-                    p = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(x.add(16)), p);
-                    p = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(x.add(24)), p);
-                    *a = _mm256_fmadd_ps(p, scale, *a);
+                    *a = block_into(&w, xp.add(j * c + at), scale, *a);
                 }
             }
             reduce(&acc, out);
         }
+    }
+
+    /// `acc + scale · Σ_k w[k] · x[8k..8k+8]`: one block of 32 weights against one row's
+    /// block, in a chain of its own so that blocks overlap.
+    ///
+    /// # Safety
+    /// `x` must point at 32 readable floats, and the CPU must have AVX2 and FMA.
+    #[inline(always)]
+    unsafe fn block_into(w: &[__m256; 4], x: *const f32, scale: __m256, acc: __m256) -> __m256 {
+        let mut p = _mm256_mul_ps(w[0], _mm256_loadu_ps(x));
+        p = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(x.add(8)), p);
+        p = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(x.add(16)), p);
+        p = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(x.add(24)), p);
+        _mm256_fmadd_ps(p, scale, acc)
     }
 
     /// Each accumulator's eight lanes summed: lanes `l` and `l + 4`, then pairs, then the
@@ -583,12 +592,7 @@ mod avx2 {
                 };
                 let w = [widen(0), widen(1), widen(2), widen(3)];
                 for (j, a) in acc.iter_mut().enumerate() {
-                    let x = xp.add(j * c + at);
-                    let mut p = _mm256_mul_ps(w[0], _mm256_loadu_ps(x));
-                    p = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(x.add(8)), p);
-                    p = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(x.add(16)), p);
-                    p = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(x.add(24)), p);
-                    *a = _mm256_fmadd_ps(p, scale, *a);
+                    *a = block_into(&w, xp.add(j * c + at), scale, *a);
                 }
             }
             reduce(&acc, out);

@@ -171,6 +171,24 @@ pub struct AttributionPart {
     pub note: Option<String>,
 }
 
+impl AttributionPart {
+    /// The part for `source` before any record is made.
+    fn unmade(source: &Source, note: Option<String>) -> Self {
+        Self {
+            part: source.part.clone(),
+            model: source.model.clone(),
+            datanet: source.datanet.clone(),
+            version: source.version,
+            index: source.index.clone(),
+            record: None,
+            records: Vec::new(),
+            contributors: Vec::new(),
+            score_unit: crate::attribution::trace::SCORE_UNIT,
+            note,
+        }
+    }
+}
+
 /// The `attribution` object of a completion.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CompletionAttribution {
@@ -379,11 +397,8 @@ impl Serving {
         let peft: AdapterConfig = serde_json::from_str(&text)
             .map_err(|e| invalid("path", format!("{}: {e}", config_path.display())))?;
         self.adapters.admissible(peft.r)?;
+        // Reading checks every tensor against the base's shapes.
         let lora = Lora::read(dir, &base.engine.decoder.config)
-            .map_err(|e| invalid("path", e.to_string()))?;
-        base.engine
-            .decoder
-            .check_adapter(&lora)
             .map_err(|e| invalid("path", e.to_string()))?;
         let info = CachedAdapter {
             name: name.to_string(),
@@ -592,18 +607,7 @@ impl Serving {
     pub fn attribute(&self, c: &StoredCompletion) -> Result<CompletionAttribution, ServeError> {
         let mut parts = Vec::new();
         for s in &c.sources {
-            let mut part = AttributionPart {
-                part: s.part.clone(),
-                model: s.model.clone(),
-                datanet: s.datanet.clone(),
-                version: s.version,
-                index: s.index.clone(),
-                record: None,
-                records: Vec::new(),
-                contributors: Vec::new(),
-                score_unit: crate::attribution::trace::SCORE_UNIT,
-                note: None,
-            };
+            let mut part = AttributionPart::unmade(s, None);
             match (&s.datanet, &s.index) {
                 (None, _) => {
                     part.note = Some(format!(
@@ -656,20 +660,9 @@ impl Serving {
             parts: c
                 .sources
                 .iter()
-                .map(|s| AttributionPart {
-                    part: s.part.clone(),
-                    model: s.model.clone(),
-                    datanet: s.datanet.clone(),
-                    version: s.version,
-                    index: s.index.clone(),
-                    record: None,
-                    records: Vec::new(),
-                    contributors: Vec::new(),
-                    score_unit: crate::attribution::trace::SCORE_UNIT,
-                    note: Some(format!(
-                        "made on request: GET /v1/completions/{}/attribution",
-                        c.id
-                    )),
+                .map(|s| {
+                    let note = format!("made on request: GET /v1/completions/{}/attribution", c.id);
+                    AttributionPart::unmade(s, Some(note))
                 })
                 .collect(),
         }
