@@ -14,7 +14,7 @@ use super::{blocking, AppState};
 use crate::attribution::index::{BuildProgress, IndexMeta};
 use crate::attribution::query::{QueryRequest, QueryResult};
 use crate::attribution::service::{
-    AttributeRequest, AttributionProof, EpochRoot, StoredAttribution, TokenizerChoice, Verification,
+    AttributeRequest, AttributionProof, StoredAttribution, TokenizerChoice, Verification,
 };
 use crate::attribution::AttributionError;
 use crate::auth::Principal;
@@ -256,19 +256,5 @@ pub async fn proof(
     let attributions = service(&app);
     Ok(Json(
         blocking(move || attributions.proof(&id).map_err(ApiError::from)).await?,
-    ))
-}
-
-#[utoipa::path(post, operation_id = "closeEpoch", path = "/v1/epochs/close", tag = "attribution",
-    responses((status = 200, body = EpochRoot), (status = 403, body = Problem)),
-    security(("bearer" = [])))]
-pub async fn close_epoch(
-    State(app): State<AppState>,
-    principal: Principal,
-) -> Result<Json<EpochRoot>, ApiError> {
-    principal.require_admin()?;
-    let attributions = service(&app);
-    Ok(Json(
-        blocking(move || attributions.close_epoch().map_err(ApiError::from)).await?,
     ))
 }

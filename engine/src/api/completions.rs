@@ -23,6 +23,7 @@ use super::{blocking, AppState};
 use crate::auth::Principal;
 use crate::model::chat::Message;
 use crate::model::generate::{Finish, Sampling};
+use crate::rewards::book::FeeRecord;
 use crate::serve::cache::{CacheError, CachedAdapter};
 use crate::serve::engine::{Event, Job, Summary};
 use crate::serve::service::{
@@ -179,6 +180,9 @@ pub struct CompletionResponse {
     pub choices: Vec<CompletionChoice>,
     pub usage: Usage,
     pub attribution: CompletionAttribution,
+    /// What the answer cost and who it paid, when the model has terms and attribution was
+    /// made with the answer (otherwise `GET /v1/completions/{id}/fee` once charged).
+    pub fee: Option<FeeRecord>,
     pub timings: Timings,
 }
 
@@ -208,6 +212,9 @@ pub struct ChatResponse {
     pub choices: Vec<ChatChoice>,
     pub usage: Usage,
     pub attribution: CompletionAttribution,
+    /// What the answer cost and who it paid, when the model has terms and attribution was
+    /// made with the answer (otherwise `GET /v1/completions/{id}/fee` once charged).
+    pub fee: Option<FeeRecord>,
     pub timings: Timings,
 }
 
@@ -527,7 +534,8 @@ async fn resolve(app: &AppState, principal: &Principal, model: &str) -> Result<R
     .await
 }
 
-/// Files the completion and, when asked, its attribution.
+/// Files the completion and, when asked, its attribution and fee. A completion that skips
+/// attribution is attributed and charged right after the answer is sent.
 async fn finish(
     app: &AppState,
     resolved: &Resolved,
@@ -536,30 +544,56 @@ async fn finish(
     generated: &Generated,
     attribute: bool,
     by: Option<String>,
-) -> Result<(CompletionAttribution, f64), ApiError> {
+) -> Result<(CompletionAttribution, Option<FeeRecord>, f64), ApiError> {
     let serving = serving(app);
+    let rewards = app.rewards.clone();
     let stored = StoredCompletion {
         id: id.to_string(),
         model: resolved.model.clone(),
         created,
+        prompt_tokens: generated.summary.prompt_tokens as u64,
         output: generated.tokens.clone(),
         text: generated.text.clone(),
         sources: serving.sources(resolved),
         by,
     };
     let started = Instant::now();
-    let attribution = blocking(move || {
+    let (attribution, fee) = blocking(move || {
         serving.save(&stored)?;
         if attribute {
-            serving.attribute(&stored)
+            let attribution = serving.attribute(&stored)?;
+            let fee = charge_logged(&rewards, &stored, &attribution);
+            Ok((attribution, fee))
         } else {
-            Ok(serving.deferred(&stored))
+            let deferred = serving.deferred(&stored);
+            tokio::task::spawn_blocking(move || match serving.attribute(&stored) {
+                Ok(a) => {
+                    charge_logged(&rewards, &stored, &a);
+                }
+                Err(e) => tracing::warn!(completion = %stored.id, "deferred attribution: {e}"),
+            });
+            Ok((deferred, None))
         }
-        .map_err(ApiError::from)
     })
     .await
     .map_err(ApiError::openai)?;
-    Ok((attribution, started.elapsed().as_secs_f64()))
+    Ok((attribution, fee, started.elapsed().as_secs_f64()))
+}
+
+/// Charges a completion; a failure leaves it uncharged (asking for its attribution charges
+/// it again) and does not fail the answer already made.
+fn charge_logged(
+    rewards: &crate::rewards::Rewards,
+    stored: &StoredCompletion,
+    attribution: &CompletionAttribution,
+) -> Option<FeeRecord> {
+    match super::rewards::charge(rewards, stored, attribution) {
+        Ok(fee) => fee,
+        Err(e) => {
+            tracing::error!(completion = %stored.id, "charging: {e}");
+            None
+        }
+    }
 }
 
 fn timings(s: &Summary, attribution_s: f64) -> Timings {
@@ -700,8 +734,9 @@ fn stream_response(
         )
         .await
         {
-            Ok((attribution, attribution_s)) => {
+            Ok((attribution, fee, attribution_s)) => {
                 last["attribution"] = serde_json::to_value(&attribution).unwrap_or_default();
+                last["fee"] = serde_json::to_value(&fee).unwrap_or_default();
                 last["timings"] = serde_json::to_value(timings(&generated.summary, attribution_s))
                     .unwrap_or_default();
             }
@@ -727,7 +762,7 @@ async fn generate_whole(
     resolved: &Resolved,
     plan: &Plan,
     by: Option<String>,
-) -> Result<(String, i64, Generated, CompletionAttribution, Timings), ApiError> {
+) -> Result<Whole, ApiError> {
     let id = Serving::new_id();
     let created = Serving::created();
     let base = resolved.base.clone();
@@ -735,10 +770,27 @@ async fn generate_whole(
     let generated = drive(events, TextStream::new(base, plan.stops.clone()), |_| true)
         .await?
         .ok_or_else(|| ApiError::internal("the generation stopped").openai())?;
-    let (attribution, attribution_s) =
+    let (attribution, fee, attribution_s) =
         finish(app, resolved, &id, created, &generated, plan.attribute, by).await?;
-    let t = timings(&generated.summary, attribution_s);
-    Ok((id, created, generated, attribution, t))
+    let timings = timings(&generated.summary, attribution_s);
+    Ok(Whole {
+        id,
+        created,
+        generated,
+        attribution,
+        fee,
+        timings,
+    })
+}
+
+/// A finished answer, not streamed.
+struct Whole {
+    id: String,
+    created: i64,
+    generated: Generated,
+    attribution: CompletionAttribution,
+    fee: Option<FeeRecord>,
+    timings: Timings,
 }
 
 fn prompt_text(p: &Prompt) -> Result<String, ApiError> {
@@ -778,7 +830,14 @@ pub async fn completion(
     if plan.stream {
         return Ok(stream_response(app, Kind::Completion, resolved, plan, by));
     }
-    let (id, created, g, attribution, timings) = generate_whole(&app, &resolved, &plan, by).await?;
+    let Whole {
+        id,
+        created,
+        generated: g,
+        attribution,
+        fee,
+        timings,
+    } = generate_whole(&app, &resolved, &plan, by).await?;
     Ok(Json(CompletionResponse {
         id,
         object: "text_completion".into(),
@@ -792,6 +851,7 @@ pub async fn completion(
         }],
         usage: usage(plan.prompt.len(), g.tokens.len()),
         attribution,
+        fee,
         timings,
     })
     .into_response())
@@ -850,7 +910,14 @@ pub async fn chat(
     if plan.stream {
         return Ok(stream_response(app, Kind::Chat, resolved, plan, by));
     }
-    let (id, created, g, attribution, timings) = generate_whole(&app, &resolved, &plan, by).await?;
+    let Whole {
+        id,
+        created,
+        generated: g,
+        attribution,
+        fee,
+        timings,
+    } = generate_whole(&app, &resolved, &plan, by).await?;
     Ok(Json(ChatResponse {
         id,
         object: "chat.completion".into(),
@@ -867,6 +934,7 @@ pub async fn chat(
         }],
         usage: usage(plan.prompt.len(), g.tokens.len()),
         attribution,
+        fee,
         timings,
     })
     .into_response())
@@ -884,6 +952,7 @@ pub async fn attribution(
 ) -> Result<Json<CompletionAttribution>, ApiError> {
     principal.require_authenticated()?;
     let serving = serving(&app);
+    let rewards = app.rewards.clone();
     let admin = principal.is_admin();
     let subject = principal.subject().map(String::from);
     let a = blocking(move || {
@@ -892,7 +961,10 @@ pub async fn attribution(
         if !admin && (c.by.is_none() || c.by != subject) {
             return Err(ServeError::UnknownCompletion(id).into());
         }
-        serving.attribute(&c).map_err(ApiError::from)
+        let a = serving.attribute(&c)?;
+        // A completion not yet charged (attribution skipped, or charging failed) is now.
+        charge_logged(&rewards, &c, &a);
+        Ok(a)
     })
     .await?;
     Ok(Json(a))

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod models;
 pub mod openapi;
 pub mod plugins;
+pub mod rewards;
 pub mod tokens;
 
 use std::net::SocketAddr;
@@ -62,6 +63,10 @@ pub struct AppState {
     pub models: Arc<crate::model::registry::Registry>,
     /// Bases and adapters in memory, and the completions made with them.
     pub serving: Arc<crate::serve::service::Serving>,
+    /// Fees, balances, flags and epochs.
+    pub rewards: Arc<crate::rewards::Rewards>,
+    /// The data directory (closed epochs' payout trees live under it).
+    pub data_dir: std::path::PathBuf,
 }
 
 /// Runs blocking library work off the async workers.
@@ -135,7 +140,22 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/attributions/{id}", get(attributions::get_attribution))
         .route("/v1/attributions/{id}/verify", post(attributions::verify))
         .route("/v1/attributions/{id}/proof", get(attributions::proof))
-        .route("/v1/epochs/close", post(attributions::close_epoch))
+        .route("/v1/epochs/close", post(rewards::close_epoch))
+        .route("/v1/epochs", get(rewards::list_epochs))
+        .route("/v1/epochs/{n}", get(rewards::get_epoch))
+        .route("/v1/epochs/{n}/settle", post(rewards::settle_epoch))
+        .route("/v1/epochs/{n}/claims/{address}", get(rewards::claim))
+        .route("/v1/ledger", axum::routing::put(rewards::set_ledger))
+        .route("/v1/accounts/{address}/rewards", get(rewards::account))
+        .route(
+            "/v1/datanets/{id}/records/{record}/flags",
+            post(rewards::flag),
+        )
+        .route(
+            "/v1/models/{id}/terms",
+            get(rewards::get_terms).put(rewards::set_terms),
+        )
+        .route("/v1/completions/{id}/fee", get(rewards::fee))
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/jobs/{id}/cancel", post(models::cancel))
         .route(
@@ -234,6 +254,7 @@ pub async fn serve(state: AppState, listen: SocketAddr) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     println!("listening on http://{local}");
     tracing::info!(%local, "serving");
+    rewards::spawn_settlements(state.rewards.clone());
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await?;

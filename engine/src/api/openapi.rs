@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{attributions, completions, datanets, jobs, models, plugins, tokens};
+use super::{attributions, completions, datanets, jobs, models, plugins, rewards, tokens};
 
 struct BearerAuth;
 
@@ -19,7 +19,7 @@ impl Modify for BearerAuth {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Tributary", description = "Datanets, signed contributions and versions, the WASM plugins that validate them, span attribution of outputs to the records they came from, the Model Factory that trains models and LoRA adapters on versions, and OpenAI-compatible completions over bases and adapters, each answer attributed. Errors are application/problem+json."),
+    info(title = "Tributary", description = "Datanets, signed contributions and versions, the WASM plugins that validate them, span attribution of outputs to the records they came from, the Model Factory that trains models and LoRA adapters on versions, OpenAI-compatible completions over bases and adapters, each answer attributed, and the fees they earn: split by reward-policy plugins into contributors' balances, closed into epochs with payout Merkle proofs and settled through ledger-adapter plugins. Errors are application/problem+json."),
     paths(
         datanets::create, datanets::list, datanets::get, datanets::update,
         datanets::contribute, datanets::list_batches, datanets::get_batch, datanets::review,
@@ -29,10 +29,13 @@ impl Modify for BearerAuth {
         plugins::install, plugins::list, plugins::get, plugins::remove,
         attributions::build, attributions::list, attributions::get, attributions::query, attributions::attribute,
         attributions::get_attribution, attributions::verify, attributions::proof,
-        attributions::close_epoch, jobs::get, models::cancel,
+        jobs::get, models::cancel,
         models::train, completions::list_models, models::get,
         completions::completion, completions::chat, completions::attribution,
         completions::load_adapter, completions::list_adapters, completions::unload_adapter,
+        rewards::set_terms, rewards::get_terms, rewards::fee, rewards::account, rewards::flag,
+        rewards::close_epoch, rewards::list_epochs, rewards::get_epoch, rewards::settle_epoch,
+        rewards::claim, rewards::set_ledger,
     ),
     modifiers(&BearerAuth)
 )]

@@ -396,7 +396,8 @@ impl Attributions {
         })
     }
 
-    fn current_epoch(&self) -> Result<u64, AttributionError> {
+    /// The epoch new attribution records and fees land in.
+    pub fn current_epoch(&self) -> Result<u64, AttributionError> {
         Ok(self
             .store
             .get(CF_ATTRIBUTIONS, EPOCH_KEY)
@@ -423,6 +424,15 @@ impl Attributions {
     /// Closes the current epoch: commits its attribution ids to a Merkle root and starts the
     /// next epoch.
     pub fn close_epoch(&self) -> Result<EpochRoot, AttributionError> {
+        self.close_epoch_with(|_, _| Ok(()))
+    }
+
+    /// Closes the current epoch as [`Self::close_epoch`] does, with `extra` adding its own
+    /// writes for the closing epoch to the same batch: they commit together or not at all.
+    pub fn close_epoch_with(
+        &self,
+        extra: impl FnOnce(&EpochRoot, &mut crate::store::Batch<'_>) -> Result<(), AttributionError>,
+    ) -> Result<EpochRoot, AttributionError> {
         let _guard = self.epoch.lock().unwrap_or_else(|p| p.into_inner());
         let epoch = self.current_epoch()?;
         let leaves = self.epoch_leaves(epoch)?;
@@ -442,6 +452,7 @@ impl Attributions {
             .put_json(CF_ATTRIBUTIONS, root_key(epoch), &closed)
             .map_err(store_error)?;
         batch.put(CF_ATTRIBUTIONS, EPOCH_KEY, (epoch + 1).to_be_bytes());
+        extra(&closed, &mut batch)?;
         batch.commit().map_err(store_error)?;
         Ok(closed)
     }

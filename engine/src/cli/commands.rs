@@ -120,8 +120,16 @@ fn serve(args: ServeArgs) -> Result<()> {
             max_rank: args.max_rank,
         },
     ));
+    let rewards = Arc::new(crate::rewards::Rewards::new(
+        datanets.store().clone(),
+        attributions.clone(),
+        datanets.clone(),
+        Some(plugins.clone()),
+    ));
     let state = AppState {
         serving,
+        rewards,
+        data_dir: args.data_dir.clone(),
         attributions,
         jobs,
         models,

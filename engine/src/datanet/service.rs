@@ -13,7 +13,7 @@ use chrono::Utc;
 
 use super::ingest::{ErrorReport, IngestError};
 use super::record::RecordId;
-use super::schema::{SchemaError, COL_RECORD_ID};
+use super::schema::{SchemaError, COL_QUALITY, COL_RECORD_ID};
 use super::segment::{self, SegmentError};
 use super::validate::{ValidatorChain, ValidatorError, ValidatorResolver};
 use super::{
@@ -537,6 +537,46 @@ impl Datanets {
             batch_status: batch.status,
             withdrawn,
         })
+    }
+
+    /// The quality the validators gave each of `records` (64 hex digits each), in order;
+    /// 1 for a record this Datanet does not hold. Each batch's segment is read once, and only
+    /// its quality column.
+    pub fn record_qualities(&self, id: &str, records: &[&str]) -> Result<Vec<f64>, DatanetError> {
+        let mut out = vec![1.0; records.len()];
+        let mut by_batch: HashMap<u64, Vec<(usize, u32)>> = HashMap::new();
+        for (i, hex) in records.iter().enumerate() {
+            let Ok(record) = parse_record_id(hex, "record_id") else {
+                continue;
+            };
+            match self.locate(id, &record) {
+                Ok(location) => by_batch
+                    .entry(location.batch)
+                    .or_default()
+                    .push((i, location.row)),
+                Err(DatanetError::RecordNotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for (batch, rows) in by_batch {
+            let Some(rel) = self.batch(id, batch)?.segment else {
+                continue;
+            };
+            let mut quality = Vec::new();
+            for part in segment::read(&self.dirs.root.join(rel), Some(&[COL_QUALITY]))? {
+                let part = part?;
+                let column = part
+                    .column(0)
+                    .as_primitive::<arrow::datatypes::Float64Type>();
+                quality.extend((0..column.len()).map(|r| column.value(r)));
+            }
+            for (i, row) in rows {
+                if let Some(q) = quality.get(row as usize) {
+                    out[i] = *q;
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn locate(&self, id: &str, record: &RecordId) -> Result<RecordLocation, DatanetError> {

@@ -145,6 +145,9 @@ pub struct StoredCompletion {
     pub id: String,
     pub model: String,
     pub created: i64,
+    /// Tokens of the prompt as the model saw it (template included): what input is charged.
+    #[serde(default)]
+    pub prompt_tokens: u64,
     pub output: Vec<u32>,
     pub text: String,
     pub sources: Vec<Source>,

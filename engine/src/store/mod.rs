@@ -40,7 +40,9 @@ pub const CF_MODELS: &str = "models";
 /// Completions by id: the model, the output and where its attribution comes from, so that
 /// an attribution skipped at request time can be made later.
 pub const CF_COMPLETIONS: &str = "completions";
-const ALL_CFS: [&str; 12] = [
+/// Fees, balances, payments, flags, model terms and closed epochs (see `rewards::book`).
+pub const CF_REWARDS: &str = "rewards";
+const ALL_CFS: [&str; 13] = [
     CF_CATALOG,
     CF_BATCHES,
     CF_RECORDS,
@@ -53,6 +55,7 @@ const ALL_CFS: [&str; 12] = [
     CF_JOBS,
     CF_MODELS,
     CF_COMPLETIONS,
+    CF_REWARDS,
 ];
 
 /// Bits per key of the record index's Bloom filter: dedup lookups are mostly misses, and at

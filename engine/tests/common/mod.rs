@@ -210,32 +210,52 @@ pub fn published_with(
     dir: &std::path::Path,
     tips: &std::path::Path,
 ) -> (String, String) {
+    let (curator, mut addresses) = published_by(server, dir, &[("bob", tips)]);
+    (curator, addresses.remove(0))
+}
+
+/// The quickstart Datanet with one batch from each named contributor (their own key and
+/// token), every batch approved and published together as version 1; returns the curator's
+/// token and the contributors' addresses, in order.
+pub fn published_by(
+    server: &Server,
+    dir: &std::path::Path,
+    batches: &[(&str, &std::path::Path)],
+) -> (String, Vec<String>) {
     let curator = server.token("carol", "curator", &[]);
-    let key = dir.join("bob.key");
-    let key_arg = key.to_str().expect("utf8");
-    let address = server.cli(None, &["keys", "new", "--key", key_arg]);
-    assert!(address.status.success(), "{}", stderr(&address));
-    let address = String::from_utf8_lossy(&address.stdout).trim().to_string();
-    let contributor = server.token("bob", "contributor", &["--address", &address]);
     let spec = example("datanet.json");
     server.cli_json(
         Some(&curator),
         &["datanets", "create", spec.to_str().expect("utf8")],
     );
-    server.cli_json(
-        Some(&contributor),
-        &[
-            "contribute",
-            "kitchen-tips",
-            tips.to_str().expect("utf8"),
-            "--key",
-            key_arg,
-        ],
-    );
-    server.cli_json(Some(&curator), &["batches", "approve", "kitchen-tips", "1"]);
+    let mut addresses = Vec::new();
+    for (n, (name, file)) in batches.iter().enumerate() {
+        let key = dir.join(format!("{name}.key"));
+        let key_arg = key.to_str().expect("utf8");
+        let address = server.cli(None, &["keys", "new", "--key", key_arg]);
+        assert!(address.status.success(), "{}", stderr(&address));
+        let address = String::from_utf8_lossy(&address.stdout).trim().to_string();
+        let contributor = server.token(name, "contributor", &["--address", &address]);
+        server.cli_json(
+            Some(&contributor),
+            &[
+                "contribute",
+                "kitchen-tips",
+                file.to_str().expect("utf8"),
+                "--key",
+                key_arg,
+            ],
+        );
+        let batch = (n + 1).to_string();
+        server.cli_json(
+            Some(&curator),
+            &["batches", "approve", "kitchen-tips", &batch],
+        );
+        addresses.push(address);
+    }
     let version = server.cli_json(Some(&curator), &["versions", "publish", "kitchen-tips"]);
     assert_eq!(version["version"], 1);
-    (curator, address)
+    (curator, addresses)
 }
 
 /// The named events of a server-sent event stream, with their JSON data.

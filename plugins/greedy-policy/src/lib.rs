@@ -1,7 +1,8 @@
 //! A reward policy that breaks the host's rules on purpose, for the adversarial tests:
 //! `overpay` pays every contributor the whole pool, `stranger` pays an account the
 //! attribution does not name, `negative` is not expressible in the WIT (amounts are
-//! unsigned), so `short` pays less than the pool instead.
+//! unsigned), so `short` pays less than the pool instead. `trap` panics (a WASM trap) and
+//! `loop` never returns, for the deadline.
 
 use serde::Deserialize;
 use tributary_sdk::reward::{Request, RewardPolicy};
@@ -28,6 +29,13 @@ impl RewardPolicy for Greedy {
     fn distribute(config: &Config, request: &Request) -> Result<Vec<(String, u128)>, String> {
         let pool = request.pool.amount;
         Ok(match config.mode.as_str() {
+            "trap" => panic!("a policy that traps"),
+            "loop" => {
+                let mut n = 0u64;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
             "stranger" => vec![("0x000000000000000000000000000000000000dEaD".into(), pool)],
             "short" => vec![(request.pool.fallback.clone(), pool / 2)],
             _ => request

@@ -1,0 +1,510 @@
+//! The rewards service: charges completions, runs the reward policy, keeps the books.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use super::book::{self, AccountTotals, FeeRecord, FeeStatus, Payment, Payout};
+use super::flags::{Flag, FlagRequest};
+use super::money::{units, Fee};
+use super::terms::ModelTerms;
+use super::RewardsError;
+use crate::attribution::service::Attributions;
+use crate::datanet::service::Datanets;
+use crate::identity::Address;
+use crate::plugin::reward::{self, Distribution, Entry, Penalty};
+use crate::plugin::state::StateChanges;
+use crate::plugin::{PluginKind, Plugins};
+use crate::store::{Store, CF_REWARDS};
+
+/// What a completion is charged for.
+#[derive(Debug, Clone)]
+pub struct Charge {
+    pub completion: String,
+    pub model: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// The answer's attribution records, one per part that has one (base, adapter).
+    pub attributions: Vec<String>,
+}
+
+/// An account as `GET /v1/accounts/{address}/rewards` shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AccountRewards {
+    pub address: String,
+    /// Earned in closed epochs and not claimed: what claim proofs cover.
+    #[serde(with = "units")]
+    #[schema(value_type = String)]
+    pub balance: u128,
+    /// Earned in the open epoch: claimable once it closes.
+    #[serde(with = "units")]
+    #[schema(value_type = String)]
+    pub pending: u128,
+    #[serde(with = "units")]
+    #[schema(value_type = String)]
+    pub claimed: u128,
+    #[serde(with = "units")]
+    #[schema(value_type = String)]
+    pub earned: u128,
+    /// The open epoch.
+    pub epoch: u64,
+    /// The completions that paid the account, newest epoch first, at most `limit`.
+    pub payments: Vec<Payment>,
+}
+
+pub struct Rewards {
+    store: Arc<Store>,
+    attributions: Arc<Attributions>,
+    datanets: Arc<Datanets>,
+    plugins: Option<Arc<Plugins>>,
+    /// Held while balances are read and written, and while an epoch closes, so that two
+    /// completions never update a balance from the same old value and no fee lands in an
+    /// epoch that has closed.
+    book: Mutex<()>,
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn io(e: impl std::fmt::Display) -> RewardsError {
+    RewardsError::Io(e.to_string())
+}
+
+impl Rewards {
+    pub fn new(
+        store: Arc<Store>,
+        attributions: Arc<Attributions>,
+        datanets: Arc<Datanets>,
+        plugins: Option<Arc<Plugins>>,
+    ) -> Self {
+        Self {
+            store,
+            attributions,
+            datanets,
+            plugins,
+            book: Mutex::new(()),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn attributions(&self) -> &Arc<Attributions> {
+        &self.attributions
+    }
+
+    pub fn plugins(&self) -> Option<&Arc<Plugins>> {
+        self.plugins.as_ref()
+    }
+
+    pub(crate) fn lock_book(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // ---- terms ----
+
+    /// Sets a model's terms; the policy must be an installed reward policy and its config
+    /// must fit the policy's schema. Later completions use them; earlier fees stand.
+    pub fn set_terms(&self, model: &str, terms: ModelTerms) -> Result<ModelTerms, RewardsError> {
+        if model.is_empty() || model.len() > 200 {
+            return Err(RewardsError::invalid(
+                "model",
+                "must be 1 to 200 characters",
+            ));
+        }
+        terms.check()?;
+        let plugins = self
+            .plugins
+            .as_ref()
+            .ok_or_else(|| RewardsError::invalid("policy", "this server runs without plugins"))?;
+        plugins
+            .get_kind(&terms.policy, PluginKind::RewardPolicy)
+            .map_err(|e| RewardsError::invalid("policy", e.to_string()))?;
+        plugins
+            .check_config(&terms.policy, &terms.policy_config)
+            .map_err(|e| RewardsError::invalid("policy_config", e.to_string()))?;
+        let mut batch = self.store.batch();
+        batch.put_json(CF_REWARDS, book::terms_key(model), &terms)?;
+        batch.commit()?;
+        Ok(terms)
+    }
+
+    pub fn terms(&self, model: &str) -> Result<Option<ModelTerms>, RewardsError> {
+        Ok(self
+            .store
+            .get_json(CF_REWARDS, book::terms_key(model).as_bytes())?)
+    }
+
+    // ---- charging ----
+
+    /// The fee record of a completion, once charged.
+    pub fn fee(&self, completion: &str) -> Result<Option<FeeRecord>, RewardsError> {
+        Ok(self
+            .store
+            .get_json(CF_REWARDS, book::fee_key(completion).as_bytes())?)
+    }
+
+    /// Charges a completion once: its fee, split by the model's terms and policy, committed
+    /// with every balance change in one batch. Charging it again returns the first record.
+    /// A model without terms is free: nothing is recorded and `None` comes back.
+    pub fn charge(&self, charge: &Charge) -> Result<Option<FeeRecord>, RewardsError> {
+        if let Some(done) = self.fee(&charge.completion)? {
+            return Ok(Some(done));
+        }
+        let Some(terms) = self.terms(&charge.model)? else {
+            return Ok(None);
+        };
+        let fee = Fee::of(
+            &terms.price,
+            &terms.split,
+            charge.input_tokens,
+            charge.output_tokens,
+        )?;
+        let mut state = StateChanges::default();
+        // The policy runs outside the book's lock: a slow plugin holds up nobody else.
+        let split = self.split_pool(charge, &terms, fee.pool, &mut state)?;
+        let mut record = FeeRecord {
+            completion: charge.completion.clone(),
+            model: charge.model.clone(),
+            epoch: 0,
+            input_tokens: charge.input_tokens,
+            output_tokens: charge.output_tokens,
+            fee,
+            status: FeeStatus::Paid,
+            reason: None,
+            policy: terms.policy.clone(),
+            attributions: charge.attributions.clone(),
+            payouts: Vec::new(),
+            at: now(),
+        };
+        match split {
+            Ok(contributors) => {
+                let mut payouts = vec![
+                    payout(&terms.platform, fee.platform, "platform"),
+                    payout(&terms.owner, fee.owner, "owner"),
+                ];
+                payouts.extend(contributors);
+                payouts.retain(|p| p.amount > 0);
+                record.payouts = payouts;
+            }
+            Err(reason) => {
+                record.status = FeeStatus::Escrow;
+                record.reason = Some(reason);
+                state = StateChanges::default();
+            }
+        }
+        record.check().map_err(RewardsError::Conservation)?;
+        self.commit(record, &state).map(Some)
+    }
+
+    /// The pool's payouts, or why the fee goes to escrow. `Err` of the outer result is an
+    /// engine failure (storage), which charges nothing and may be retried.
+    fn split_pool(
+        &self,
+        charge: &Charge,
+        terms: &ModelTerms,
+        pool: u128,
+        state: &mut StateChanges,
+    ) -> Result<Result<Vec<Payout>, String>, RewardsError> {
+        let fallback = terms.fallback().to_checksum();
+        if pool == 0 {
+            return Ok(Ok(Vec::new()));
+        }
+        let entries = self.entries(&charge.attributions)?;
+        if entries.is_empty() {
+            // Nobody's data is known to have shaped the answer.
+            return Ok(Ok(vec![Payout {
+                account: fallback,
+                amount: pool,
+                role: "fallback".into(),
+            }]));
+        }
+        let Some(plugins) = &self.plugins else {
+            return Ok(Err(
+                "this server runs without plugins, so no reward policy".into()
+            ));
+        };
+        let plugin = match plugins.get_kind(&terms.policy, PluginKind::RewardPolicy) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(format!("reward policy: {e}"))),
+        };
+        let contributors: Vec<&str> = entries.iter().map(|e| e.contributor.as_str()).collect();
+        let request = Distribution {
+            pool,
+            fallback: fallback.clone(),
+            attribution_id: charge.attributions.join(","),
+            penalties: self.penalties(&contributors)?,
+            entries,
+        };
+        let mut datanets: Vec<String> = request.entries.iter().map(|e| e.datanet.clone()).collect();
+        datanets.sort();
+        datanets.dedup();
+        let infos: Vec<_> = datanets
+            .iter()
+            .filter_map(|d| self.datanets.get(d).ok())
+            .map(|d| crate::plugin::validator::datanet_info(&d))
+            .collect();
+        let config = terms.policy_config.to_string();
+        let payouts = match reward::distribute(&plugin, &request, &infos, &config, state) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        // Merge by account, role by whether it is the fallback.
+        let mut merged: BTreeMap<String, (String, u128)> = BTreeMap::new();
+        for (account, amount) in payouts {
+            let checksum = account
+                .parse::<Address>()
+                .map(|a| a.to_checksum())
+                .unwrap_or(account);
+            let slot = merged
+                .entry(checksum.to_ascii_lowercase())
+                .or_insert((checksum, 0));
+            slot.1 += amount;
+        }
+        Ok(Ok(merged
+            .into_values()
+            .map(|(account, amount)| Payout {
+                role: if account.eq_ignore_ascii_case(&fallback) {
+                    "fallback".into()
+                } else {
+                    "contributor".into()
+                },
+                account,
+                amount,
+            })
+            .collect()))
+    }
+
+    /// The policy's entries: every scored record of each attribution, each part weighted
+    /// equally (each record's share of its part over the number of parts), with the
+    /// record's quality.
+    fn entries(&self, attributions: &[String]) -> Result<Vec<Entry>, RewardsError> {
+        let records: Vec<_> = attributions
+            .iter()
+            .map(|id| self.attributions.get(id).map(|s| s.attribution))
+            .collect::<Result<_, _>>()
+            .map_err(io)?;
+        let parts = records.iter().filter(|r| !r.records.is_empty()).count() as f64;
+        let mut entries = Vec::new();
+        for record in &records {
+            let datanet = record.datanet.clone().unwrap_or_default();
+            let ids: Vec<&str> = record
+                .records
+                .iter()
+                .map(|r| r.record_id.as_str())
+                .collect();
+            let quality = if datanet.is_empty() {
+                vec![1.0; ids.len()]
+            } else {
+                self.datanets.record_qualities(&datanet, &ids).map_err(io)?
+            };
+            let unit = record.score_unit.max(1) as f64;
+            for (r, q) in record.records.iter().zip(quality) {
+                entries.push(Entry {
+                    record_id: r.record_id.clone(),
+                    datanet: datanet.clone(),
+                    contributor: r.contributor.clone(),
+                    score: r.score as f64 / unit / parts,
+                    quality: q,
+                });
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Commits a fee record with its balance changes, unless the completion was charged in
+    /// the meantime (then the first record stands and is returned).
+    fn commit(
+        &self,
+        mut record: FeeRecord,
+        state: &StateChanges,
+    ) -> Result<FeeRecord, RewardsError> {
+        let _book = self.lock_book();
+        if let Some(done) = self.fee(&record.completion)? {
+            return Ok(done);
+        }
+        record.epoch = self.attributions.current_epoch().map_err(io)?;
+        let mut batch = self.store.batch();
+        for p in &record.payouts {
+            let mut totals: AccountTotals = self
+                .store
+                .get_json(CF_REWARDS, book::account_key(&p.account).as_bytes())?
+                .unwrap_or_default();
+            totals.earned = totals
+                .earned
+                .checked_add(p.amount)
+                .ok_or_else(|| RewardsError::Conservation(format!("{} overflows", p.account)))?;
+            batch.put_json(CF_REWARDS, book::account_key(&p.account), &totals)?;
+            let earn_key = book::earn_key(record.epoch, &p.account);
+            let earned = self
+                .store
+                .get(CF_REWARDS, earn_key.as_bytes())?
+                .and_then(|v| book::parse_units(&v))
+                .unwrap_or(0)
+                + p.amount;
+            batch.put(CF_REWARDS, earn_key, earned.to_string());
+            batch.put_json(
+                CF_REWARDS,
+                book::payment_key(&p.account, record.epoch, &record.completion),
+                &Payment {
+                    completion: record.completion.clone(),
+                    model: record.model.clone(),
+                    epoch: record.epoch,
+                    amount: p.amount,
+                    role: p.role.clone(),
+                    attributions: record.attributions.clone(),
+                    at: record.at,
+                },
+            )?;
+        }
+        batch.put_json(CF_REWARDS, book::fee_key(&record.completion), &record)?;
+        state.write_to(&self.store, &mut batch)?;
+        batch.commit()?;
+        Ok(record)
+    }
+
+    // ---- penalties ----
+
+    /// Flags a record of a Datanet; its contributor carries the penalty from now on.
+    pub fn flag(
+        &self,
+        datanet: &str,
+        record: &str,
+        request: &FlagRequest,
+        by: Option<String>,
+    ) -> Result<Flag, RewardsError> {
+        let weight = request.weight()?;
+        let info = self
+            .datanets
+            .record(datanet, record)
+            .map_err(|e| RewardsError::NotFound(e.to_string()))?;
+        let flag = Flag {
+            datanet: datanet.to_string(),
+            record_id: info.record_id.clone(),
+            contributor: info.contributor,
+            kind: request.kind,
+            reason: request.reason.trim().to_string(),
+            weight,
+            by,
+            at: now(),
+        };
+        let contributor = info.contributor.to_checksum();
+        let mut batch = self.store.batch();
+        batch.put_json(
+            CF_REWARDS,
+            book::flag_key(&contributor, datanet, &info.record_id),
+            &flag,
+        )?;
+        batch.commit()?;
+        Ok(flag)
+    }
+
+    /// Every flag on a contributor's records.
+    pub fn flags(&self, contributor: &str) -> Result<Vec<Flag>, RewardsError> {
+        Ok(self
+            .store
+            .scan_prefix_json(CF_REWARDS, book::flag_prefix(contributor).as_bytes())?)
+    }
+
+    /// The penalties of these contributors: one per flagged contributor, the lowest weight
+    /// of their flags, the reasons joined.
+    fn penalties(&self, contributors: &[&str]) -> Result<Vec<Penalty>, RewardsError> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for c in contributors {
+            if !seen.insert(c.to_ascii_lowercase()) {
+                continue;
+            }
+            let flags = self.flags(c)?;
+            if flags.is_empty() {
+                continue;
+            }
+            out.push(Penalty {
+                contributor: c.to_string(),
+                weight: flags.iter().map(|f| f.weight).fold(1.0, f64::min),
+                reason: flags
+                    .iter()
+                    .map(|f| format!("{}/{}: {}", f.datanet, f.record_id, f.reason))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            });
+        }
+        Ok(out)
+    }
+
+    // ---- accounts ----
+
+    pub fn account(&self, address: &str, limit: usize) -> Result<AccountRewards, RewardsError> {
+        let parsed: Address = address
+            .parse()
+            .map_err(|e| RewardsError::invalid("address", format!("{e}")))?;
+        let checksum = parsed.to_checksum();
+        let epoch = self.attributions.current_epoch().map_err(io)?;
+        let totals: AccountTotals = self
+            .store
+            .get_json(CF_REWARDS, book::account_key(&checksum).as_bytes())?
+            .unwrap_or_default();
+        let pending = self
+            .store
+            .get(CF_REWARDS, book::earn_key(epoch, &checksum).as_bytes())?
+            .and_then(|v| book::parse_units(&v))
+            .unwrap_or(0);
+        let mut payments: Vec<Payment> = self
+            .store
+            .scan_prefix_json(CF_REWARDS, book::payment_prefix(&checksum).as_bytes())?;
+        payments.reverse();
+        payments.truncate(limit);
+        Ok(AccountRewards {
+            address: checksum,
+            balance: totals.earned - pending - totals.claimed,
+            pending,
+            claimed: totals.claimed,
+            earned: totals.earned,
+            epoch,
+            payments,
+        })
+    }
+
+    /// Sums over the whole book, for conservation checks: every fee charged, what was paid
+    /// out of it, what sits in escrow, and every account's earnings.
+    pub fn audit(&self) -> Result<Audit, RewardsError> {
+        let mut audit = Audit::default();
+        let fees: Vec<FeeRecord> = self.store.scan_prefix_json(CF_REWARDS, b"fee/")?;
+        for f in &fees {
+            f.check().map_err(RewardsError::Conservation)?;
+            audit.completions += 1;
+            audit.fees += f.fee.total;
+            audit.pools += f.fee.pool;
+            match f.status {
+                FeeStatus::Paid => audit.paid += f.fee.total,
+                FeeStatus::Escrow => audit.escrow += f.fee.total,
+            }
+        }
+        let accounts: Vec<AccountTotals> = self.store.scan_prefix_json(CF_REWARDS, b"acct/")?;
+        audit.balances = accounts.iter().map(|a| a.earned).sum();
+        Ok(audit)
+    }
+}
+
+/// Totals over the book.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Audit {
+    pub completions: u64,
+    pub fees: u128,
+    pub pools: u128,
+    pub paid: u128,
+    pub escrow: u128,
+    /// Everything ever credited to accounts: equals `paid`.
+    pub balances: u128,
+}
+
+fn payout(account: &Address, amount: u128, role: &str) -> Payout {
+    Payout {
+        account: account.to_checksum(),
+        amount,
+        role: role.into(),
+    }
+}

@@ -1,0 +1,573 @@
+//! Rewards through the real server: a model trained on two contributors' tips is priced;
+//! every answer is charged once, its fee split exactly between the platform, the owner and
+//! the contributors its attribution names (by the `proportional` plugin); a flagged
+//! record's contributor loses their share; a policy that pays a stranger, pays short, traps
+//! or loops leaves the whole fee in escrow and every balance as it was; closing the epoch
+//! freezes balances into a payout tree whose proofs check, and the `local-jsonl` ledger
+//! settles it.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::{published_by, Server};
+use serde_json::{json, Value};
+use tributary::merkle;
+use tributary_plugin_artifacts as artifacts;
+
+const PLATFORM: &str = "0x00000000000000000000000000000000000000A1";
+const OWNER: &str = "0x00000000000000000000000000000000000000B2";
+
+fn send(
+    server: &Server,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let url = format!("{}{path}", server.url);
+    let http = server.http();
+    let request = match method {
+        "GET" => http.get(url),
+        "PUT" => http.put(url),
+        _ => http.post(url),
+    }
+    .bearer_auth(token);
+    let request = match body {
+        Some(b) => request.json(b),
+        None => request,
+    };
+    let r = request.send().expect("send");
+    let status = r.status().as_u16();
+    let text = r.text().expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn ok(server: &Server, token: &str, method: &str, path: &str, body: Option<&Value>) -> Value {
+    let (status, v) = send(server, token, method, path, body);
+    assert!(
+        status == 200 || status == 201,
+        "{method} {path}: {status} {v}"
+    );
+    v
+}
+
+fn refused(
+    server: &Server,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    status: u16,
+    field: Option<&str>,
+) -> Value {
+    let (got, v) = send(server, token, method, path, body);
+    assert_eq!(got, status, "{method} {path}: {v}");
+    if let Some(f) = field {
+        assert_eq!(v["field"], f, "{v}");
+    }
+    v
+}
+
+fn wait_job(server: &Server, token: &str, location: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let status = ok(server, token, "GET", location, None);
+        match status["state"].as_str() {
+            Some("succeeded") => return status,
+            Some("failed" | "cancelled") => panic!("job ended: {status}"),
+            _ => {}
+        }
+        assert!(started.elapsed() < Duration::from_secs(300), "{status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start_job(server: &Server, token: &str, path: &str, body: &Value) -> Value {
+    let r = server
+        .http()
+        .post(format!("{}{path}", server.url))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), 202, "{}", r.text().unwrap_or_default());
+    let location = r.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_string();
+    wait_job(server, token, &location)
+}
+
+fn units(v: &Value) -> u128 {
+    v.as_str()
+        .unwrap_or_else(|| panic!("an amount as a string: {v}"))
+        .parse()
+        .expect("amount")
+}
+
+fn install(server: &Server, admin: &str, plugin: &artifacts::Plugin) {
+    server.cli_json(
+        Some(admin),
+        &[
+            "plugin",
+            "install",
+            plugin.dir,
+            "--component",
+            plugin.component,
+        ],
+    );
+}
+
+/// Each account's pending balance.
+fn pending(server: &Server, token: &str, accounts: &[&str]) -> HashMap<String, u128> {
+    accounts
+        .iter()
+        .map(|a| {
+            let r = ok(
+                server,
+                token,
+                "GET",
+                &format!("/v1/accounts/{a}/rewards"),
+                None,
+            );
+            (a.to_lowercase(), units(&r["pending"]))
+        })
+        .collect()
+}
+
+#[test]
+fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_proofs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let ledger_dir = dir.path().join("ledger");
+    std::fs::create_dir_all(&data).expect("data dir");
+    std::fs::create_dir_all(&ledger_dir).expect("ledger dir");
+    std::fs::write(
+        data.join("plugins.toml"),
+        format!(
+            "[plugins.local-jsonl]\ngrant = [\"filesystem\"]\nfilesystem = {:?}\n",
+            ledger_dir.display().to_string()
+        ),
+    )
+    .expect("grants");
+    let server = Server::start(&data);
+    let admin = server.admin_token();
+    for p in [
+        &artifacts::PROPORTIONAL,
+        &artifacts::GREEDY_POLICY,
+        &artifacts::LOCAL_JSONL,
+    ] {
+        install(&server, &admin, p);
+    }
+
+    // Two contributors, four tips each, one window (33 bytes) per tip.
+    let tips = [
+        "Rest a seared steak five minutes.",
+        "Salt pasta water like a mild sea.",
+        "Toast cumin seeds before grinding",
+        "Chill cookie dough for one night.",
+        "Fold egg whites in gentle strokes",
+        "Deglaze the pan with a dry cider.",
+        "Brine chicken in salt and sugar!!",
+        "Store basil stems down in water..",
+    ];
+    let write = |name: &str, part: &[&str]| {
+        let file = dir.path().join(name);
+        let rows: String = part
+            .iter()
+            .map(|t| format!("{}\n", json!({"text": t})))
+            .collect();
+        std::fs::write(&file, rows).expect("tips");
+        file
+    };
+    let (bob_file, alice_file) = (
+        write("bob.jsonl", &tips[..4]),
+        write("alice.jsonl", &tips[4..]),
+    );
+    let (curator, people) = published_by(
+        &server,
+        dir.path(),
+        &[("bob", &bob_file), ("alice", &alice_file)],
+    );
+    let (bob, alice) = (people[0].clone(), people[1].clone());
+    let reader = server.token("rita", "reader", &[]);
+    start_job(
+        &server,
+        &curator,
+        "/v1/datanets/kitchen-tips/versions/1/indexes",
+        &json!({"tokenizer": "bytes"}),
+    );
+    let trained = start_job(
+        &server,
+        &curator,
+        "/v1/models",
+        &json!({"datanet": "kitchen-tips", "version": 1, "steps": 200, "seq_len": 33,
+                "batch_size": 8, "lr": 0.01, "hidden": 64, "heads": 4, "layers": 2, "seed": 1}),
+    );
+    let model = trained["result"]["id"]
+        .as_str()
+        .expect("model id")
+        .to_string();
+    let terms_path = format!("/v1/models/{model}/terms");
+
+    // Terms: only an admin sets them, and bad ones name their field.
+    let terms = json!({
+        "price": {"input_per_1k": "1000000000000", "output_per_1k": "3000000000000"},
+        "split": {"platform_bps": 1000, "owner_bps": 2000},
+        "platform": PLATFORM, "owner": OWNER, "policy": "proportional",
+    });
+    refused(
+        &server,
+        &curator,
+        "PUT",
+        &terms_path,
+        Some(&terms),
+        403,
+        None,
+    );
+    let mut bad = terms.clone();
+    bad["split"]["owner_bps"] = json!(9500);
+    refused(
+        &server,
+        &admin,
+        "PUT",
+        &terms_path,
+        Some(&bad),
+        400,
+        Some("split"),
+    );
+    let mut bad = terms.clone();
+    bad["policy"] = json!("local-jsonl");
+    refused(
+        &server,
+        &admin,
+        "PUT",
+        &terms_path,
+        Some(&bad),
+        400,
+        Some("policy"),
+    );
+    let mut bad = terms.clone();
+    bad["price"]["input_per_1k"] = json!("-3");
+    refused(&server, &admin, "PUT", &terms_path, Some(&bad), 400, None);
+    ok(&server, &admin, "PUT", &terms_path, Some(&terms));
+    assert_eq!(
+        ok(&server, &reader, "GET", &terms_path, None)["policy"],
+        "proportional"
+    );
+
+    // An answer that reproduces one of bob's tips pays the platform, the owner and bob, and
+    // the shares add up to the fee exactly.
+    let complete = |prompt: &str| {
+        ok(
+            &server,
+            &reader,
+            "POST",
+            "/v1/completions",
+            Some(&json!({"model": model, "prompt": prompt, "max_tokens": 40, "temperature": 0})),
+        )
+    };
+    let answer = complete(&tips[1][..14]);
+    let fee = &answer["fee"];
+    assert_eq!(fee["status"], "paid", "{answer}");
+    let (prompt_tokens, completion_tokens) = (
+        answer["usage"]["prompt_tokens"].as_u64().expect("prompt") as u128,
+        answer["usage"]["completion_tokens"]
+            .as_u64()
+            .expect("completion") as u128,
+    );
+    let total = (prompt_tokens * 1_000_000_000_000 + completion_tokens * 3_000_000_000_000) / 1000;
+    assert_eq!(units(&fee["fee"]["total"]), total);
+    assert_eq!(units(&fee["fee"]["platform"]), total / 10);
+    assert_eq!(units(&fee["fee"]["owner"]), total / 5);
+    let payouts = fee["payouts"].as_array().expect("payouts");
+    assert_eq!(
+        payouts.iter().map(|p| units(&p["amount"])).sum::<u128>(),
+        total
+    );
+    let paid_to = |fee: &Value, who: &str| -> u128 {
+        fee["payouts"]
+            .as_array()
+            .expect("payouts")
+            .iter()
+            .filter(|p| {
+                p["account"]
+                    .as_str()
+                    .is_some_and(|a| a.eq_ignore_ascii_case(who))
+            })
+            .map(|p| units(&p["amount"]))
+            .sum()
+    };
+    assert!(paid_to(fee, &bob) > 0, "bob's tip: {fee}");
+    let id = answer["id"].as_str().expect("id").to_string();
+    assert_eq!(
+        &ok(
+            &server,
+            &reader,
+            "GET",
+            &format!("/v1/completions/{id}/fee"),
+            None
+        ),
+        fee
+    );
+
+    // Asking for the attribution again charges nothing more.
+    let everyone = [PLATFORM, OWNER, bob.as_str(), alice.as_str()];
+    let before = pending(&server, &reader, &everyone);
+    ok(
+        &server,
+        &reader,
+        "GET",
+        &format!("/v1/completions/{id}/attribution"),
+        None,
+    );
+    assert_eq!(pending(&server, &reader, &everyone), before);
+    let bob_account = ok(
+        &server,
+        &reader,
+        "GET",
+        &format!("/v1/accounts/{bob}/rewards"),
+        None,
+    );
+    assert_eq!(bob_account["payments"][0]["completion"], id.as_str());
+    assert_eq!(bob_account["payments"][0]["role"], "contributor");
+
+    // Concurrent answers: every account's pending balance is the sum of what the fees paid.
+    let ids: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = tips
+            .iter()
+            .map(|t| s.spawn(|| complete(&t[..14])["id"].as_str().expect("id").to_string()))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let mut expected: HashMap<String, u128> = HashMap::new();
+    let mut fees_total = 0u128;
+    for c in ids.iter().chain(std::iter::once(&id)) {
+        let fee = ok(
+            &server,
+            &reader,
+            "GET",
+            &format!("/v1/completions/{c}/fee"),
+            None,
+        );
+        assert_eq!(fee["status"], "paid", "{fee}");
+        fees_total += units(&fee["fee"]["total"]);
+        for p in fee["payouts"].as_array().expect("payouts") {
+            *expected
+                .entry(p["account"].as_str().expect("account").to_lowercase())
+                .or_default() += units(&p["amount"]);
+        }
+    }
+    let balances = pending(&server, &reader, &everyone);
+    assert_eq!(balances.values().sum::<u128>(), fees_total);
+    for (account, amount) in &balances {
+        assert_eq!(
+            expected.get(account).copied().unwrap_or(0),
+            *amount,
+            "{account}"
+        );
+    }
+    assert!(balances[&alice.to_lowercase()] > 0, "alice's tips paid her");
+
+    // A flagged record's contributor keeps nothing of it: the share goes to the fallback.
+    let top = answer["attribution"]["parts"][0]["records"][0]["record_id"]
+        .as_str()
+        .expect("top record")
+        .to_string();
+    let flags = format!("/v1/datanets/kitchen-tips/records/{top}/flags");
+    refused(
+        &server,
+        &reader,
+        "POST",
+        &flags,
+        Some(&json!({"kind": "adversarial", "reason": "spam"})),
+        403,
+        None,
+    );
+    refused(
+        &server,
+        &curator,
+        "POST",
+        &flags,
+        Some(&json!({"kind": "adversarial", "reason": "spam", "weight": 2})),
+        400,
+        Some("weight"),
+    );
+    let flag = ok(
+        &server,
+        &curator,
+        "POST",
+        &flags,
+        Some(&json!({"kind": "adversarial", "reason": "copied from a cookbook"})),
+    );
+    assert_eq!(
+        flag["contributor"].as_str().map(str::to_lowercase),
+        Some(bob.to_lowercase())
+    );
+    let flagged = complete(&tips[1][..14]);
+    assert_eq!(paid_to(&flagged["fee"], &bob), 0, "{flagged}");
+    assert!(
+        flagged["fee"]["payouts"]
+            .as_array()
+            .expect("payouts")
+            .iter()
+            .any(|p| p["role"] == "fallback"),
+        "{flagged}"
+    );
+
+    // Policies that break the rules: the whole fee waits in escrow and no balance moves.
+    let before = pending(&server, &reader, &everyone);
+    for mode in ["stranger", "short", "trap", "loop"] {
+        let mut greedy = terms.clone();
+        greedy["policy"] = json!("greedy-policy");
+        greedy["policy_config"] = json!({"mode": mode});
+        ok(&server, &admin, "PUT", &terms_path, Some(&greedy));
+        let held = complete(&tips[5][..14]);
+        assert_eq!(held["fee"]["status"], "escrow", "{mode}: {held}");
+        assert!(
+            held["fee"]["reason"]
+                .as_str()
+                .is_some_and(|r| !r.is_empty()),
+            "{held}"
+        );
+        assert_eq!(held["fee"]["payouts"], json!([]));
+    }
+    assert_eq!(pending(&server, &reader, &everyone), before);
+    ok(&server, &admin, "PUT", &terms_path, Some(&terms));
+
+    // Closing the epoch: the payout tree holds each account's earnings, a claim's proof
+    // checks against its root, and the ledger records the epoch.
+    refused(
+        &server,
+        &curator,
+        "POST",
+        "/v1/epochs/close",
+        None,
+        403,
+        None,
+    );
+    refused(
+        &server,
+        &admin,
+        "PUT",
+        "/v1/ledger",
+        Some(&json!({"adapter": "proportional"})),
+        400,
+        Some("adapter"),
+    );
+    ok(
+        &server,
+        &admin,
+        "PUT",
+        "/v1/ledger",
+        Some(&json!({"adapter": "local-jsonl"})),
+    );
+    let balances = pending(&server, &reader, &everyone);
+    let closed = ok(&server, &admin, "POST", "/v1/epochs/close", None);
+    assert_eq!(closed["epoch"], 0);
+    assert_eq!(units(&closed["total"]), balances.values().sum::<u128>());
+    assert_eq!(
+        closed["accounts"],
+        balances.values().filter(|b| **b > 0).count()
+    );
+    assert_eq!(closed["settlement"]["status"], "settled", "{closed}");
+    assert_eq!(closed["settlement"]["receipt"]["ledger"], "local-jsonl");
+    let ledger_text = std::fs::read_to_string(ledger_dir.join("ledger.jsonl")).expect("ledger");
+    assert!(
+        ledger_text.contains(closed["payout_root"].as_str().expect("root")),
+        "{ledger_text}"
+    );
+    let root = merkle_hash(&closed["payout_root"]);
+    for who in [&alice, &bob] {
+        let claim = ok(
+            &server,
+            &reader,
+            "GET",
+            &format!("/v1/epochs/0/claims/{who}"),
+            None,
+        );
+        assert_eq!(units(&claim["amount"]), balances[&who.to_lowercase()]);
+        let address: [u8; 20] = hex::decode(&who[2..])
+            .expect("hex")
+            .try_into()
+            .expect("20 bytes");
+        let leaf = merkle::leaf_address_uint256(&address, units(&claim["amount"]));
+        assert_eq!(merkle_hash(&claim["leaf"]), leaf);
+        let proof: Vec<merkle::Hash> = claim["proof"]
+            .as_array()
+            .expect("proof")
+            .iter()
+            .map(merkle_hash)
+            .collect();
+        assert!(merkle::verify(&root, &leaf, &proof), "{claim}");
+        let account = ok(
+            &server,
+            &reader,
+            "GET",
+            &format!("/v1/accounts/{who}/rewards"),
+            None,
+        );
+        assert_eq!(units(&account["pending"]), 0);
+        assert_eq!(units(&account["balance"]), balances[&who.to_lowercase()]);
+        assert_eq!(account["epoch"], 1);
+    }
+    refused(
+        &server,
+        &reader,
+        "GET",
+        "/v1/epochs/0/claims/0x00000000000000000000000000000000000000c3",
+        None,
+        404,
+        None,
+    );
+    refused(
+        &server,
+        &reader,
+        "GET",
+        "/v1/epochs/0/claims/0x12",
+        None,
+        400,
+        Some("address"),
+    );
+    refused(
+        &server,
+        &reader,
+        "GET",
+        "/v1/epochs/7/claims/0x00000000000000000000000000000000000000c3",
+        None,
+        404,
+        None,
+    );
+    assert_eq!(
+        ok(&server, &reader, "GET", "/v1/epochs", None)
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    // Settling again changes nothing: the same receipt, one ledger line.
+    let again = ok(&server, &admin, "POST", "/v1/epochs/0/settle", None);
+    assert_eq!(again["settlement"], closed["settlement"]);
+    assert_eq!(
+        std::fs::read_to_string(ledger_dir.join("ledger.jsonl"))
+            .expect("ledger")
+            .lines()
+            .count(),
+        1
+    );
+}
+
+fn merkle_hash(v: &Value) -> merkle::Hash {
+    let s = v.as_str().unwrap_or_else(|| panic!("a 0x hash: {v}"));
+    hex::decode(s.trim_start_matches("0x"))
+        .expect("hex")
+        .try_into()
+        .expect("32 bytes")
+}
