@@ -423,6 +423,21 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
         "{flagged}"
     );
 
+    // The policy is swapped at run time: `capped` pays nobody over its share of the pool.
+    install(&server, &admin, &artifacts::CAPPED);
+    let mut capped = terms.clone();
+    capped["policy"] = json!("capped");
+    capped["policy_config"] = json!({"max_share": 0.25});
+    ok(&server, &admin, "PUT", &terms_path, Some(&capped));
+    let answer = complete(&tips[6][..14]);
+    let pool = units(&answer["fee"]["fee"]["pool"]);
+    assert_eq!(answer["fee"]["policy"], "capped");
+    for p in answer["fee"]["payouts"].as_array().expect("payouts") {
+        if p["role"] == "contributor" {
+            assert!(units(&p["amount"]) <= pool / 4, "{answer}");
+        }
+    }
+
     // Policies that break the rules: the whole fee waits in escrow and no balance moves.
     let before = pending(&server, &reader, &everyone);
     for mode in ["stranger", "short", "trap", "loop"] {

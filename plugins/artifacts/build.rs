@@ -16,6 +16,9 @@ const PLUGINS: &[(&str, &str)] = &[
     ("local-jsonl", "local-jsonl"),
     ("hostile", "hostile"),
     ("greedy-policy", "greedy-policy"),
+    ("threshold", "threshold"),
+    ("capped", "capped"),
+    ("shapley-groups", "shapley-groups"),
 ];
 
 const TARGET: &str = "wasm32-wasip2";

@@ -1,6 +1,7 @@
 //! Plugin configs checked against the JSON Schema in the plugin's manifest: the subset that
-//! describes configs (type, properties, required, additionalProperties, items, enum,
-//! minimum, maximum). Errors name the path of the value at fault, `config.fields[2]`.
+//! describes configs (type, properties, required, additionalProperties as false or as the
+//! schema of a map's values, items, enum, minimum, maximum). Errors name the path of the
+//! value at fault, `config.fields[2]`.
 
 use serde_json::Value;
 
@@ -59,10 +60,14 @@ pub fn check(schema: &Value, value: &Value, path: &str) -> Result<(), String> {
         for (name, v) in object {
             match properties.and_then(|p| p.get(name)) {
                 Some(s) => check(s, v, &format!("{path}.{name}"))?,
-                None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
-                    return Err(format!("{path}.{name}: not a setting of this plugin"));
-                }
-                None => {}
+                None => match schema.get("additionalProperties") {
+                    Some(Value::Bool(false)) => {
+                        return Err(format!("{path}.{name}: not a setting of this plugin"));
+                    }
+                    // A map's values, each against one schema.
+                    Some(s @ Value::Object(_)) => check(s, v, &format!("{path}.{name}"))?,
+                    _ => {}
+                },
             }
         }
     }
