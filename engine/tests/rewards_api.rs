@@ -140,8 +140,35 @@ fn pending(server: &Server, token: &str, accounts: &[&str]) -> HashMap<String, u
         .collect()
 }
 
-#[test]
-fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_proofs() {
+/// Tips of one window's length each (33 bytes), four from each of two contributors.
+const TIPS: [&str; 8] = [
+    "Rest a seared steak five minutes.",
+    "Salt pasta water like a mild sea.",
+    "Toast cumin seeds before grinding",
+    "Chill cookie dough for one night.",
+    "Fold egg whites in gentle strokes",
+    "Deglaze the pan with a dry cider.",
+    "Brine chicken in salt and sugar!!",
+    "Store basil stems down in water..",
+];
+
+/// A server with the reward plugins installed and `local-jsonl` granted a folder, and a
+/// small model trained on bob's and alice's tips.
+struct Setup {
+    /// Holds the temporary folders for as long as the test runs.
+    _dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    ledger_dir: std::path::PathBuf,
+    server: Server,
+    admin: String,
+    curator: String,
+    reader: String,
+    model: String,
+    bob: String,
+    alice: String,
+}
+
+fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let ledger_dir = dir.path().join("ledger");
@@ -161,21 +188,10 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
         &artifacts::PROPORTIONAL,
         &artifacts::GREEDY_POLICY,
         &artifacts::LOCAL_JSONL,
+        &artifacts::CAPPED,
     ] {
         install(&server, &admin, p);
     }
-
-    // Two contributors, four tips each, one window (33 bytes) per tip.
-    let tips = [
-        "Rest a seared steak five minutes.",
-        "Salt pasta water like a mild sea.",
-        "Toast cumin seeds before grinding",
-        "Chill cookie dough for one night.",
-        "Fold egg whites in gentle strokes",
-        "Deglaze the pan with a dry cider.",
-        "Brine chicken in salt and sugar!!",
-        "Store basil stems down in water..",
-    ];
     let write = |name: &str, part: &[&str]| {
         let file = dir.path().join(name);
         let rows: String = part
@@ -186,15 +202,14 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
         file
     };
     let (bob_file, alice_file) = (
-        write("bob.jsonl", &tips[..4]),
-        write("alice.jsonl", &tips[4..]),
+        write("bob.jsonl", &TIPS[..4]),
+        write("alice.jsonl", &TIPS[4..]),
     );
     let (curator, people) = published_by(
         &server,
         dir.path(),
         &[("bob", &bob_file), ("alice", &alice_file)],
     );
-    let (bob, alice) = (people[0].clone(), people[1].clone());
     let reader = server.token("rita", "reader", &[]);
     start_job(
         &server,
@@ -213,14 +228,39 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
         .as_str()
         .expect("model id")
         .to_string();
-    let terms_path = format!("/v1/models/{model}/terms");
+    Setup {
+        _dir: dir,
+        data,
+        ledger_dir,
+        server,
+        admin,
+        curator,
+        reader,
+        model,
+        bob: people[0].clone(),
+        alice: people[1].clone(),
+    }
+}
 
-    // Terms: only an admin sets them, and bad ones name their field.
-    let terms = json!({
+fn terms() -> Value {
+    json!({
         "price": {"input_per_1k": "1000000000000", "output_per_1k": "3000000000000"},
         "split": {"platform_bps": 1000, "owner_bps": 2000},
         "platform": PLATFORM, "owner": OWNER, "policy": "proportional",
-    });
+    })
+}
+
+#[test]
+fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_proofs() {
+    let s = setup();
+    let (server, admin, curator, reader, model) =
+        (&s.server, &s.admin, &s.curator, &s.reader, &s.model);
+    let (bob, alice, ledger_dir) = (&s.bob, &s.alice, &s.ledger_dir);
+    let tips = TIPS;
+    let terms_path = format!("/v1/models/{model}/terms");
+
+    // Terms: only an admin sets them, and bad ones name their field.
+    let terms = terms();
     refused(
         &server,
         &curator,
@@ -424,7 +464,6 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
     );
 
     // The policy is swapped at run time: `capped` pays nobody over its share of the pool.
-    install(&server, &admin, &artifacts::CAPPED);
     let mut capped = terms.clone();
     capped["policy"] = json!("capped");
     capped["policy_config"] = json!({"max_share": 0.25});
@@ -585,4 +624,140 @@ fn merkle_hash(v: &Value) -> merkle::Hash {
         .expect("hex")
         .try_into()
         .expect("32 bytes")
+}
+
+/// A seeded stream of completions from several threads, some attributed later, some asked
+/// again (a client's retry), across servers killed with SIGKILL at random moments: in the
+/// end every answer is charged once, every fee's payouts sum to it, and every balance is the
+/// sum of what the fees paid it, to the unit.
+#[test]
+fn a_random_fee_stream_with_retries_and_kills_pays_every_fee_exactly_once() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    let mut s = setup();
+    let terms_path = format!("/v1/models/{}/terms", s.model);
+    ok(&s.server, &s.admin, "PUT", &terms_path, Some(&terms()));
+    let answered: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    const ROUNDS: u64 = 3;
+    for round in 0..ROUNDS {
+        let stop = AtomicBool::new(false);
+        let pid = s.server.child.id();
+        std::thread::scope(|scope| {
+            for thread in 0..6u64 {
+                let (server, reader, model) = (&s.server, &s.reader, &s.model);
+                let (stop, answered) = (&stop, &answered);
+                scope.spawn(move || {
+                    let mut state = (round * 16 + thread + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    let mut next = move |n: u64| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        state % n
+                    };
+                    let http = server.http();
+                    while !stop.load(Ordering::Relaxed) {
+                        let tip = TIPS[next(8) as usize];
+                        let body = json!({
+                            "model": model,
+                            "prompt": &tip[..5 + next(15) as usize],
+                            "max_tokens": 1 + next(6),
+                            "temperature": 0,
+                            "attribution": next(3) != 0,
+                        });
+                        let Ok(r) = http
+                            .post(format!("{}/v1/completions", server.url))
+                            .bearer_auth(reader)
+                            .json(&body)
+                            .send()
+                        else {
+                            return;
+                        };
+                        let Ok(v) = r.json::<Value>() else { return };
+                        let Some(id) = v["id"].as_str() else { return };
+                        answered.lock().expect("lock").push(id.to_string());
+                        if next(4) == 0 {
+                            // The client retries: asking for the attribution charges nothing twice.
+                            let _ = http
+                                .get(format!("{}/v1/completions/{id}/attribution", server.url))
+                                .bearer_auth(reader)
+                                .send();
+                        }
+                    }
+                });
+            }
+            std::thread::sleep(Duration::from_millis(400 + 350 * round));
+            stop.store(true, Ordering::Relaxed);
+            // SIGKILL while requests are in flight: answers, attributions and charges are cut
+            // wherever they happen to be.
+            let killed = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status()
+                .expect("kill");
+            assert!(killed.success());
+        });
+        s.server.kill();
+        s.server = Server::start(&s.data);
+    }
+    let answered = answered.into_inner().expect("lock");
+    assert!(answered.len() >= 10, "only {} answers", answered.len());
+    // Charging resumes where it was cut: asking for each attribution charges what was not.
+    for id in &answered {
+        ok(
+            &s.server,
+            &s.reader,
+            "GET",
+            &format!("/v1/completions/{id}/attribution"),
+            None,
+        );
+    }
+    let fees = ok(&s.server, &s.admin, "GET", "/v1/fees?limit=100000", None);
+    let fees = fees.as_array().expect("fees");
+    let charged: std::collections::HashSet<&str> = fees
+        .iter()
+        .filter_map(|f| f["completion"].as_str())
+        .collect();
+    assert_eq!(charged.len(), fees.len(), "one fee per completion");
+    for id in &answered {
+        assert!(
+            charged.contains(id.as_str()),
+            "{id} was answered but not charged"
+        );
+    }
+    let mut expected: HashMap<String, u128> = HashMap::new();
+    let mut paid = 0u128;
+    for f in fees {
+        assert_eq!(f["status"], "paid", "{f}");
+        let total = units(&f["fee"]["total"]);
+        let payouts = f["payouts"].as_array().expect("payouts");
+        assert_eq!(
+            payouts.iter().map(|p| units(&p["amount"])).sum::<u128>(),
+            total,
+            "{f}"
+        );
+        paid += total;
+        for p in payouts {
+            *expected
+                .entry(p["account"].as_str().expect("account").to_lowercase())
+                .or_default() += units(&p["amount"]);
+        }
+    }
+    let everyone = [PLATFORM, OWNER, s.bob.as_str(), s.alice.as_str()];
+    let balances = pending(&s.server, &s.reader, &everyone);
+    assert_eq!(
+        balances.values().sum::<u128>(),
+        paid,
+        "balances against fees"
+    );
+    for (account, amount) in &balances {
+        assert_eq!(
+            expected.get(account).copied().unwrap_or(0),
+            *amount,
+            "{account}"
+        );
+    }
+    assert!(
+        expected.keys().all(|a| balances.contains_key(a)),
+        "{expected:?}"
+    );
 }

@@ -156,6 +156,7 @@ pub fn router(state: AppState) -> Router {
             get(rewards::get_terms).put(rewards::set_terms),
         )
         .route("/v1/completions/{id}/fee", get(rewards::fee))
+        .route("/v1/fees", get(rewards::fees))
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/jobs/{id}/cancel", post(models::cancel))
         .route(

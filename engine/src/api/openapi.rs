@@ -33,7 +33,7 @@ impl Modify for BearerAuth {
         models::train, completions::list_models, models::get,
         completions::completion, completions::chat, completions::attribution,
         completions::load_adapter, completions::list_adapters, completions::unload_adapter,
-        rewards::set_terms, rewards::get_terms, rewards::fee, rewards::account, rewards::flag,
+        rewards::set_terms, rewards::get_terms, rewards::fee, rewards::fees, rewards::account, rewards::flag,
         rewards::close_epoch, rewards::list_epochs, rewards::get_epoch, rewards::settle_epoch,
         rewards::claim, rewards::set_ledger,
     ),

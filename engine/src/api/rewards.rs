@@ -12,7 +12,7 @@ use super::extract::JsonBody;
 use super::{blocking, AppState};
 use crate::auth::Principal;
 use crate::ledger::{self, Claim, ClosedEpoch, LedgerSettings};
-use crate::rewards::book::FeeRecord;
+use crate::rewards::book::{FeeRecord, FeeStatus};
 use crate::rewards::flags::{Flag, FlagRequest};
 use crate::rewards::service::{AccountRewards, Charge};
 use crate::rewards::{ModelTerms, Rewards, RewardsError};
@@ -116,6 +116,31 @@ pub async fn fee(
             rewards.fee(&id)?.ok_or_else(|| missing().into())
         })
         .await?,
+    ))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct FeesQuery {
+    /// `paid` or `escrow`.
+    pub status: Option<FeeStatus>,
+    /// At most this many (default 1,000, at most 100,000).
+    pub limit: Option<usize>,
+}
+
+#[utoipa::path(get, operation_id = "listFees", path = "/v1/fees", tag = "rewards",
+    params(FeesQuery),
+    responses((status = 200, body = [FeeRecord], description = "fee records in completion-id order; `status=escrow` lists what waits, with the reasons"), (status = 403, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn fees(
+    State(app): State<AppState>,
+    principal: Principal,
+    Query(q): Query<FeesQuery>,
+) -> Result<Json<Vec<FeeRecord>>, ApiError> {
+    principal.require_admin()?;
+    let rewards = app.rewards.clone();
+    let limit = q.limit.unwrap_or(1_000).min(100_000);
+    Ok(Json(
+        blocking(move || rewards.fees(q.status, limit).map_err(ApiError::from)).await?,
     ))
 }
 

@@ -104,6 +104,7 @@ pub struct Payment {
     #[serde(with = "units")]
     #[schema(value_type = String)]
     pub amount: u128,
+    /// The roles it was paid under, joined by `+` (`owner+fallback`).
     pub role: String,
     /// The attribution records behind it (`GET /v1/attributions/{id}`).
     pub attributions: Vec<String>,

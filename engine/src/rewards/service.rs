@@ -327,34 +327,47 @@ impl Rewards {
             return Ok(done);
         }
         record.epoch = self.attributions.current_epoch().map_err(io)?;
-        let mut batch = self.store.batch();
+        // One account may be paid under two roles (the owner is also the fallback): each
+        // account's credits are summed first, so its balance is read and written once.
+        let mut credits: BTreeMap<String, (String, u128, Vec<String>)> = BTreeMap::new();
         for p in &record.payouts {
+            let c = credits
+                .entry(p.account.to_ascii_lowercase())
+                .or_insert_with(|| (p.account.clone(), 0, Vec::new()));
+            c.1 = c
+                .1
+                .checked_add(p.amount)
+                .ok_or_else(|| RewardsError::Conservation(format!("{} overflows", p.account)))?;
+            c.2.push(p.role.clone());
+        }
+        let mut batch = self.store.batch();
+        for (account, amount, roles) in credits.into_values() {
             let mut totals: AccountTotals = self
                 .store
-                .get_json(CF_REWARDS, book::account_key(&p.account).as_bytes())?
+                .get_json(CF_REWARDS, book::account_key(&account).as_bytes())?
                 .unwrap_or_default();
             totals.earned = totals
                 .earned
-                .checked_add(p.amount)
-                .ok_or_else(|| RewardsError::Conservation(format!("{} overflows", p.account)))?;
-            batch.put_json(CF_REWARDS, book::account_key(&p.account), &totals)?;
-            let earn_key = book::earn_key(record.epoch, &p.account);
+                .checked_add(amount)
+                .ok_or_else(|| RewardsError::Conservation(format!("{account} overflows")))?;
+            batch.put_json(CF_REWARDS, book::account_key(&account), &totals)?;
+            let earn_key = book::earn_key(record.epoch, &account);
             let earned = self
                 .store
                 .get(CF_REWARDS, earn_key.as_bytes())?
                 .and_then(|v| book::parse_units(&v))
                 .unwrap_or(0)
-                + p.amount;
+                + amount;
             batch.put(CF_REWARDS, earn_key, earned.to_string());
             batch.put_json(
                 CF_REWARDS,
-                book::payment_key(&p.account, record.epoch, &record.completion),
+                book::payment_key(&account, record.epoch, &record.completion),
                 &Payment {
                     completion: record.completion.clone(),
                     model: record.model.clone(),
                     epoch: record.epoch,
-                    amount: p.amount,
-                    role: p.role.clone(),
+                    amount,
+                    role: roles.join("+"),
                     attributions: record.attributions.clone(),
                     at: record.at,
                 },
@@ -364,6 +377,30 @@ impl Rewards {
         state.write_to(&self.store, &mut batch)?;
         batch.commit()?;
         Ok(record)
+    }
+
+    /// Fee records in completion-id order, optionally of one status, at most `limit`.
+    pub fn fees(
+        &self,
+        status: Option<FeeStatus>,
+        limit: usize,
+    ) -> Result<Vec<FeeRecord>, RewardsError> {
+        let mut out = Vec::new();
+        self.store
+            .scan(CF_REWARDS, b"fee/", b"fee/", |key, value| {
+                let record: FeeRecord = serde_json::from_slice(value).map_err(|e| {
+                    crate::store::StoreError::Corrupt {
+                        cf: CF_REWARDS,
+                        key: String::from_utf8_lossy(key).into_owned(),
+                        message: e.to_string(),
+                    }
+                })?;
+                if status.is_none_or(|s| s == record.status) {
+                    out.push(record);
+                }
+                Ok(out.len() < limit)
+            })?;
+        Ok(out)
     }
 
     // ---- penalties ----
