@@ -261,20 +261,12 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
 
     // Terms: only an admin sets them, and bad ones name their field.
     let terms = terms();
-    refused(
-        &server,
-        &curator,
-        "PUT",
-        &terms_path,
-        Some(&terms),
-        403,
-        None,
-    );
+    refused(server, curator, "PUT", &terms_path, Some(&terms), 403, None);
     let mut bad = terms.clone();
     bad["split"]["owner_bps"] = json!(9500);
     refused(
-        &server,
-        &admin,
+        server,
+        admin,
         "PUT",
         &terms_path,
         Some(&bad),
@@ -284,8 +276,8 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
     let mut bad = terms.clone();
     bad["policy"] = json!("local-jsonl");
     refused(
-        &server,
-        &admin,
+        server,
+        admin,
         "PUT",
         &terms_path,
         Some(&bad),
@@ -294,10 +286,10 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
     );
     let mut bad = terms.clone();
     bad["price"]["input_per_1k"] = json!("-3");
-    refused(&server, &admin, "PUT", &terms_path, Some(&bad), 400, None);
-    ok(&server, &admin, "PUT", &terms_path, Some(&terms));
+    refused(server, admin, "PUT", &terms_path, Some(&bad), 400, None);
+    ok(server, admin, "PUT", &terms_path, Some(&terms));
     assert_eq!(
-        ok(&server, &reader, "GET", &terms_path, None)["policy"],
+        ok(server, reader, "GET", &terms_path, None)["policy"],
         "proportional"
     );
 
@@ -305,8 +297,8 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
     // the shares add up to the fee exactly.
     let complete = |prompt: &str| {
         ok(
-            &server,
-            &reader,
+            server,
+            reader,
             "POST",
             "/v1/completions",
             Some(&json!({"model": model, "prompt": prompt, "max_tokens": 40, "temperature": 0})),
@@ -343,12 +335,12 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
             .map(|p| units(&p["amount"]))
             .sum()
     };
-    assert!(paid_to(fee, &bob) > 0, "bob's tip: {fee}");
+    assert!(paid_to(fee, bob) > 0, "bob's tip: {fee}");
     let id = answer["id"].as_str().expect("id").to_string();
     assert_eq!(
         &ok(
-            &server,
-            &reader,
+            server,
+            reader,
             "GET",
             &format!("/v1/completions/{id}/fee"),
             None
@@ -358,18 +350,18 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
 
     // Asking for the attribution again charges nothing more.
     let everyone = [PLATFORM, OWNER, bob.as_str(), alice.as_str()];
-    let before = pending(&server, &reader, &everyone);
+    let before = pending(server, reader, &everyone);
     ok(
-        &server,
-        &reader,
+        server,
+        reader,
         "GET",
         &format!("/v1/completions/{id}/attribution"),
         None,
     );
-    assert_eq!(pending(&server, &reader, &everyone), before);
+    assert_eq!(pending(server, reader, &everyone), before);
     let bob_account = ok(
-        &server,
-        &reader,
+        server,
+        reader,
         "GET",
         &format!("/v1/accounts/{bob}/rewards"),
         None,
@@ -392,8 +384,8 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
     let mut fees_total = 0u128;
     for c in ids.iter().chain(std::iter::once(&id)) {
         let fee = ok(
-            &server,
-            &reader,
+            server,
+            reader,
             "GET",
             &format!("/v1/completions/{c}/fee"),
             None,
@@ -406,7 +398,7 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
                 .or_default() += units(&p["amount"]);
         }
     }
-    let balances = pending(&server, &reader, &everyone);
+    let balances = pending(server, reader, &everyone);
     assert_eq!(balances.values().sum::<u128>(), fees_total);
     for (account, amount) in &balances {
         assert_eq!(
@@ -424,8 +416,8 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
         .to_string();
     let flags = format!("/v1/datanets/kitchen-tips/records/{top}/flags");
     refused(
-        &server,
-        &reader,
+        server,
+        reader,
         "POST",
         &flags,
         Some(&json!({"kind": "adversarial", "reason": "spam"})),
@@ -433,8 +425,8 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
         None,
     );
     refused(
-        &server,
-        &curator,
+        server,
+        curator,
         "POST",
         &flags,
         Some(&json!({"kind": "adversarial", "reason": "spam", "weight": 2})),
@@ -442,8 +434,8 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
         Some("weight"),
     );
     let flag = ok(
-        &server,
-        &curator,
+        server,
+        curator,
         "POST",
         &flags,
         Some(&json!({"kind": "adversarial", "reason": "copied from a cookbook"})),
@@ -453,7 +445,7 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
         Some(bob.to_lowercase())
     );
     let flagged = complete(&tips[1][..14]);
-    assert_eq!(paid_to(&flagged["fee"], &bob), 0, "{flagged}");
+    assert_eq!(paid_to(&flagged["fee"], bob), 0, "{flagged}");
     assert!(
         flagged["fee"]["payouts"]
             .as_array()
@@ -467,7 +459,7 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
     let mut capped = terms.clone();
     capped["policy"] = json!("capped");
     capped["policy_config"] = json!({"max_share": 0.25});
-    ok(&server, &admin, "PUT", &terms_path, Some(&capped));
+    ok(server, admin, "PUT", &terms_path, Some(&capped));
     let answer = complete(&tips[6][..14]);
     let pool = units(&answer["fee"]["fee"]["pool"]);
     assert_eq!(answer["fee"]["policy"], "capped");
@@ -478,12 +470,12 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
     }
 
     // Policies that break the rules: the whole fee waits in escrow and no balance moves.
-    let before = pending(&server, &reader, &everyone);
+    let before = pending(server, reader, &everyone);
     for mode in ["stranger", "short", "trap", "loop"] {
         let mut greedy = terms.clone();
         greedy["policy"] = json!("greedy-policy");
         greedy["policy_config"] = json!({"mode": mode});
-        ok(&server, &admin, "PUT", &terms_path, Some(&greedy));
+        ok(server, admin, "PUT", &terms_path, Some(&greedy));
         let held = complete(&tips[5][..14]);
         assert_eq!(held["fee"]["status"], "escrow", "{mode}: {held}");
         assert!(
@@ -494,23 +486,15 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
         );
         assert_eq!(held["fee"]["payouts"], json!([]));
     }
-    assert_eq!(pending(&server, &reader, &everyone), before);
-    ok(&server, &admin, "PUT", &terms_path, Some(&terms));
+    assert_eq!(pending(server, reader, &everyone), before);
+    ok(server, admin, "PUT", &terms_path, Some(&terms));
 
     // Closing the epoch: the payout tree holds each account's earnings, a claim's proof
     // checks against its root, and the ledger records the epoch.
+    refused(server, curator, "POST", "/v1/epochs/close", None, 403, None);
     refused(
-        &server,
-        &curator,
-        "POST",
-        "/v1/epochs/close",
-        None,
-        403,
-        None,
-    );
-    refused(
-        &server,
-        &admin,
+        server,
+        admin,
         "PUT",
         "/v1/ledger",
         Some(&json!({"adapter": "proportional"})),
@@ -518,14 +502,14 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
         Some("adapter"),
     );
     ok(
-        &server,
-        &admin,
+        server,
+        admin,
         "PUT",
         "/v1/ledger",
         Some(&json!({"adapter": "local-jsonl"})),
     );
-    let balances = pending(&server, &reader, &everyone);
-    let closed = ok(&server, &admin, "POST", "/v1/epochs/close", None);
+    let balances = pending(server, reader, &everyone);
+    let closed = ok(server, admin, "POST", "/v1/epochs/close", None);
     assert_eq!(closed["epoch"], 0);
     assert_eq!(units(&closed["total"]), balances.values().sum::<u128>());
     assert_eq!(
@@ -542,8 +526,8 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
     let root = merkle_hash(&closed["payout_root"]);
     for who in [&alice, &bob] {
         let claim = ok(
-            &server,
-            &reader,
+            server,
+            reader,
             "GET",
             &format!("/v1/epochs/0/claims/{who}"),
             None,
@@ -563,8 +547,8 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
             .collect();
         assert!(merkle::verify(&root, &leaf, &proof), "{claim}");
         let account = ok(
-            &server,
-            &reader,
+            server,
+            reader,
             "GET",
             &format!("/v1/accounts/{who}/rewards"),
             None,
@@ -574,8 +558,8 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
         assert_eq!(account["epoch"], 1);
     }
     refused(
-        &server,
-        &reader,
+        server,
+        reader,
         "GET",
         "/v1/epochs/0/claims/0x00000000000000000000000000000000000000c3",
         None,
@@ -583,8 +567,8 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
         None,
     );
     refused(
-        &server,
-        &reader,
+        server,
+        reader,
         "GET",
         "/v1/epochs/0/claims/0x12",
         None,
@@ -592,8 +576,8 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
         Some("address"),
     );
     refused(
-        &server,
-        &reader,
+        server,
+        reader,
         "GET",
         "/v1/epochs/7/claims/0x00000000000000000000000000000000000000c3",
         None,
@@ -601,13 +585,13 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
         None,
     );
     assert_eq!(
-        ok(&server, &reader, "GET", "/v1/epochs", None)
+        ok(server, reader, "GET", "/v1/epochs", None)
             .as_array()
             .map(Vec::len),
         Some(1)
     );
     // Settling again changes nothing: the same receipt, one ledger line.
-    let again = ok(&server, &admin, "POST", "/v1/epochs/0/settle", None);
+    let again = ok(server, admin, "POST", "/v1/epochs/0/settle", None);
     assert_eq!(again["settlement"], closed["settlement"]);
     assert_eq!(
         std::fs::read_to_string(ledger_dir.join("ledger.jsonl"))
