@@ -557,6 +557,48 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
         assert_eq!(units(&account["balance"]), balances[&who.to_lowercase()]);
         assert_eq!(account["epoch"], 1);
     }
+    // OpenZeppelin's own library builds the same tree from the claims and accepts each proof.
+    let claims: Vec<Value> = everyone
+        .iter()
+        .filter(|a| balances[&a.to_lowercase()] > 0)
+        .map(|a| {
+            ok(
+                server,
+                reader,
+                "GET",
+                &format!("/v1/epochs/0/claims/{a}"),
+                None,
+            )
+        })
+        .collect();
+    let script = r#"
+const { StandardMerkleTree } = require('@openzeppelin/merkle-tree');
+const claims = JSON.parse(require('fs').readFileSync(0, 'utf8'));
+const tree = StandardMerkleTree.of(claims.map(c => [c.account, c.amount]), ['address', 'uint256']);
+const verified = claims.map(c => StandardMerkleTree.verify(c.root, ['address', 'uint256'], [c.account, c.amount], c.proof));
+console.log(JSON.stringify({ root: tree.root, verified }));
+"#;
+    let mut node = std::process::Command::new("node")
+        .args(["-e", script])
+        .current_dir(common::repo_root().join("tests/crosscheck"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node (./dev installs the cross-checks' npm packages)");
+    std::io::Write::write_all(
+        node.stdin.as_mut().expect("stdin"),
+        Value::Array(claims.clone()).to_string().as_bytes(),
+    )
+    .expect("claims to node");
+    let out = node.wait_with_output().expect("node");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let js: Value = serde_json::from_slice(&out.stdout).expect("node's answer");
+    assert_eq!(js["root"], closed["payout_root"], "{js}");
+    assert_eq!(js["verified"], json!(vec![true; claims.len()]), "{js}");
     refused(
         server,
         reader,
@@ -600,6 +642,36 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
             .count(),
         1
     );
+
+    // The CLI: a claim, an account, and the ledger checked on this machine.
+    let claim = server.cli_json(Some(reader), &["epochs", "claim", "0", bob]);
+    assert_eq!(units(&claim["amount"]), balances[&bob.to_lowercase()]);
+    let account = server.cli_json(Some(reader), &["rewards", "account", alice, "--limit", "1"]);
+    assert_eq!(account["payments"].as_array().map(Vec::len), Some(1));
+    let (data, ledger_file) = (s.data.clone(), ledger_dir.join("ledger.jsonl"));
+    let mut s = s;
+    s.server.kill();
+    let verify = |expect_ok: bool| {
+        let out = std::process::Command::new(common::BIN)
+            .args(["ledger", "verify", "--data-dir"])
+            .arg(&data)
+            .output()
+            .expect("ledger verify");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.success(), expect_ok, "{text}");
+        text
+    };
+    assert!(verify(true).contains("epoch 0: the ledger proves it"));
+    let text = std::fs::read_to_string(&ledger_file).expect("ledger");
+    let edited = text.replacen(&closed["total"].as_str().expect("total")[..4], "9999", 1);
+    assert_ne!(edited, text);
+    std::fs::write(&ledger_file, edited).expect("edit the ledger");
+    let refusal = verify(false);
+    assert!(refusal.contains("the line was changed"), "{refusal}");
 }
 
 fn merkle_hash(v: &Value) -> merkle::Hash {

@@ -125,6 +125,14 @@ impl Client {
         Self::decode(self.send(self.request(Method::PATCH, path).json(body))?)
     }
 
+    pub fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        Self::decode(self.send(self.request(Method::PUT, path).json(body))?)
+    }
+
     pub fn post_empty<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         Self::decode(self.send(self.request(Method::POST, path))?)
     }

@@ -53,6 +53,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Index(cmd) => super::index::run(cmd),
         Command::Attribute(args) => super::index::attribute(args),
         Command::Models(cmd) => super::models::run(cmd),
+        Command::Rewards(cmd) => super::rewards::rewards(&client, cmd),
+        Command::Epochs(cmd) => super::rewards::epochs(&client, cmd),
+        Command::Ledger(cmd) => super::rewards::ledger(&client, cmd),
     }
 }
 

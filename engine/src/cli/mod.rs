@@ -8,6 +8,7 @@ mod demo;
 mod index;
 mod models;
 mod plugin;
+mod rewards;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -89,6 +90,15 @@ pub enum Command {
     /// Train models (on this machine, no server).
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Model terms, accounts, fees and curators' flags.
+    #[command(subcommand)]
+    Rewards(rewards::RewardsCommand),
+    /// Close epochs, settle them, and fetch claims with their proofs.
+    #[command(subcommand)]
+    Epochs(rewards::EpochsCommand),
+    /// Choose the ledger epochs settle on, and check what it recorded.
+    #[command(subcommand)]
+    Ledger(rewards::LedgerCommand),
 }
 
 #[derive(Debug, Args)]

@@ -8,7 +8,9 @@ use super::RewardsError;
 use crate::identity::Address;
 
 /// Why a record was flagged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum FlagKind {
     LowQuality,

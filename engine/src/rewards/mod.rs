@@ -8,6 +8,12 @@
 //! in one RocksDB batch keyed by the completion id; a policy that fails or breaks the rules
 //! leaves the whole fee in escrow with the reason. Balances accrue per epoch; closing one
 //! freezes them into a payout Merkle tree (`crate::ledger`).
+//!
+//! The attribution record is filed before the fee, in its own batch, under a request id made
+//! of the completion's id: filing it again returns the same record. A crash between the two
+//! leaves a record and no fee, and the next charge of the completion (asking for its
+//! attribution does it) finds the record and commits the fee; it can never leave a fee
+//! without its record, nor a balance without its fee.
 
 pub mod book;
 pub mod flags;

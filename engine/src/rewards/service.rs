@@ -53,7 +53,19 @@ pub struct AccountRewards {
     pub payments: Vec<Payment>,
 }
 
+/// A reward policy compiled into the host, registered under an id as a plugin would be:
+/// its answer is checked exactly as a plugin's is. The benchmark runs the `proportional`
+/// plugin's own code this way beside its component.
+pub trait NativePolicy: Send + Sync {
+    fn distribute(
+        &self,
+        request: &Distribution,
+        config: &str,
+    ) -> Result<Vec<(String, u128)>, String>;
+}
+
 pub struct Rewards {
+    natives: std::collections::HashMap<String, Arc<dyn NativePolicy>>,
     store: Arc<Store>,
     attributions: Arc<Attributions>,
     datanets: Arc<Datanets>,
@@ -80,12 +92,19 @@ impl Rewards {
         plugins: Option<Arc<Plugins>>,
     ) -> Self {
         Self {
+            natives: Default::default(),
             store,
             attributions,
             datanets,
             plugins,
             book: Mutex::new(()),
         }
+    }
+
+    /// Registers a native policy under `id`; terms naming `id` use it instead of a plugin.
+    pub fn with_native(mut self, id: &str, policy: Arc<dyn NativePolicy>) -> Self {
+        self.natives.insert(id.to_string(), policy);
+        self
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -116,6 +135,12 @@ impl Rewards {
             ));
         }
         terms.check()?;
+        if self.natives.contains_key(&terms.policy) {
+            let mut batch = self.store.batch();
+            batch.put_json(CF_REWARDS, book::terms_key(model), &terms)?;
+            batch.commit()?;
+            return Ok(terms);
+        }
         let plugins = self
             .plugins
             .as_ref()
@@ -222,15 +247,6 @@ impl Rewards {
                 role: "fallback".into(),
             }]));
         }
-        let Some(plugins) = &self.plugins else {
-            return Ok(Err(
-                "this server runs without plugins, so no reward policy".into()
-            ));
-        };
-        let plugin = match plugins.get_kind(&terms.policy, PluginKind::RewardPolicy) {
-            Ok(p) => p,
-            Err(e) => return Ok(Err(format!("reward policy: {e}"))),
-        };
         let contributors: Vec<&str> = entries.iter().map(|e| e.contributor.as_str()).collect();
         let request = Distribution {
             pool,
@@ -248,9 +264,28 @@ impl Rewards {
             .map(|d| crate::plugin::validator::datanet_info(&d))
             .collect();
         let config = terms.policy_config.to_string();
-        let payouts = match reward::distribute(&plugin, &request, &infos, &config, state) {
-            Ok(p) => p,
-            Err(e) => return Ok(Err(e.to_string())),
+        let payouts = if let Some(native) = self.natives.get(&terms.policy) {
+            let checked = native
+                .distribute(&request, &config)
+                .and_then(|p| reward::check_payouts(&request, &p).map(|_| p));
+            match checked {
+                Ok(p) => p,
+                Err(e) => return Ok(Err(format!("reward policy {}: {e}", terms.policy))),
+            }
+        } else {
+            let Some(plugins) = &self.plugins else {
+                return Ok(Err(
+                    "this server runs without plugins, so no reward policy".into()
+                ));
+            };
+            let plugin = match plugins.get_kind(&terms.policy, PluginKind::RewardPolicy) {
+                Ok(p) => p,
+                Err(e) => return Ok(Err(format!("reward policy: {e}"))),
+            };
+            match reward::distribute(&plugin, &request, &infos, &config, state) {
+                Ok(p) => p,
+                Err(e) => return Ok(Err(e.to_string())),
+            }
         };
         // Merge by account, role by whether it is the fallback.
         let mut merged: BTreeMap<String, (String, u128)> = BTreeMap::new();
