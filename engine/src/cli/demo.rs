@@ -40,6 +40,12 @@ fn install_plugins(plugins: &Plugins, components: &Path) -> Result<Vec<Validator
             config: serde_json::from_str(config)?,
         });
     }
+    // The reward policy priced models use unless their terms name another.
+    let manifest = std::fs::read_to_string(sources.join("proportional").join("plugin.toml"))
+        .context("the proportional manifest")?;
+    let wasm = std::fs::read(components.join("proportional.wasm"))
+        .with_context(|| format!("the proportional component in {}", components.display()))?;
+    plugins.install(&manifest, &wasm)?;
     Ok(attached)
 }
 
@@ -57,7 +63,7 @@ pub fn seed(
         if let Some(components) = &args.demo_plugins {
             spec.validators = install_plugins(plugins, components)?;
             eprintln!(
-                "Demo: installed the text-quality and pii-redact plugins; every contribution to {id:?} passes them."
+                "Demo: installed the text-quality and pii-redact plugins (every contribution to {id:?} passes them) and the proportional reward policy."
             );
         }
         let key_path = args.data_dir.join("demo-contributor.key");
@@ -115,6 +121,10 @@ pub fn seed(
          \x20 curl -s -H \"Authorization: Bearer $(cat {token})\" -H 'Content-Type: application/json' \\\n\
          \x20   -d '{{\"model\": \"<model id from the job>\", \"prompt\": \"Rest a steak\", \"max_tokens\": 40}}' \\\n\
          \x20   {url}/v1/completions | python3 -m json.tool   # an answer with its attribution\n\
+         \x20 curl -s -X PUT -H \"Authorization: Bearer $(cat {token})\" -H 'Content-Type: application/json' \\\n\
+         \x20   -d '{{\"price\": {{\"input_per_1k\": \"1000000\", \"output_per_1k\": \"3000000\"}}, \"platform\": \"0x00000000000000000000000000000000000000A1\", \"owner\": \"0x00000000000000000000000000000000000000B2\"}}' \\\n\
+         \x20   {url}/v1/models/<model id>/terms   # price it: later answers carry a fee, paid to their contributors\n\
+         \x20 cargo run -q -- rewards account <contributor address>   # then: cargo run -q -- epochs close\n\
          The README's walkthrough goes on from there (LoRA over SmolLM2, and serving, too).\n",
         token = token.display(),
         index = index.hash
