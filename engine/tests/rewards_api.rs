@@ -9,9 +9,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{published_by, Server};
+use common::{published_by, start_job, Server};
 use serde_json::{json, Value};
 use tributary::merkle;
 use tributary_plugin_artifacts as artifacts;
@@ -71,36 +71,6 @@ fn refused(
         assert_eq!(v["field"], f, "{v}");
     }
     v
-}
-
-fn wait_job(server: &Server, token: &str, location: &str) -> Value {
-    let started = Instant::now();
-    loop {
-        let status = ok(server, token, "GET", location, None);
-        match status["state"].as_str() {
-            Some("succeeded") => return status,
-            Some("failed" | "cancelled") => panic!("job ended: {status}"),
-            _ => {}
-        }
-        assert!(started.elapsed() < Duration::from_secs(300), "{status}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn start_job(server: &Server, token: &str, path: &str, body: &Value) -> Value {
-    let r = server
-        .http()
-        .post(format!("{}{path}", server.url))
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .expect("send");
-    assert_eq!(r.status(), 202, "{}", r.text().unwrap_or_default());
-    let location = r.headers()["location"]
-        .to_str()
-        .expect("location")
-        .to_string();
-    wait_job(server, token, &location)
 }
 
 fn units(v: &Value) -> u128 {

@@ -6,47 +6,8 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::{published_with, Server};
+use common::{published_with, start_job, Server};
 use serde_json::{json, Value};
-
-fn wait_job(server: &Server, token: &str, location: &str) -> Value {
-    let started = Instant::now();
-    loop {
-        let status: Value = server
-            .http()
-            .get(format!("{}{location}", server.url))
-            .bearer_auth(token)
-            .send()
-            .expect("send")
-            .json()
-            .expect("status");
-        match status["state"].as_str() {
-            Some("succeeded") => return status,
-            Some("failed" | "cancelled") => panic!("job ended: {status}"),
-            _ => {}
-        }
-        assert!(started.elapsed() < Duration::from_secs(300), "{status}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn start_job(server: &Server, token: &str, path: &str, body: &Value) -> Value {
-    let r = server
-        .http()
-        .post(format!("{}{path}", server.url))
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .expect("send");
-    assert_eq!(r.status(), 202, "{}", r.text().unwrap_or_default());
-    let location = r.headers()["location"]
-        .to_str()
-        .expect("location")
-        .to_string();
-    wait_job(server, token, &location)
-}
 
 fn post(server: &Server, token: &str, path: &str, body: &Value) -> reqwest::blocking::Response {
     server

@@ -93,6 +93,63 @@ pub fn split_proportionally(total: u128, weights: &[f64]) -> Vec<u128> {
     shares
 }
 
+/// Each contributor's summed weight over `entries`, in order of first appearance (addresses
+/// compared without case); `weight` gives an entry's, and entries it gives `None` are left out.
+pub fn sum_by_contributor(
+    entries: &[AttributionEntry],
+    weight: impl Fn(&AttributionEntry) -> Option<f64>,
+) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = Vec::new();
+    for e in entries {
+        let Some(w) = weight(e) else { continue };
+        match out
+            .iter_mut()
+            .find(|(a, _)| a.eq_ignore_ascii_case(&e.contributor))
+        {
+            Some((_, total)) => *total += w,
+            None => out.push((e.contributor.clone(), w)),
+        }
+    }
+    out
+}
+
+/// An entry's score, times its quality (clamped to 0..=1) when `use_quality`.
+pub fn scored(e: &AttributionEntry, use_quality: bool) -> f64 {
+    e.score.max(0.0)
+        * if use_quality {
+            e.quality.clamp(0.0, 1.0)
+        } else {
+            1.0
+        }
+}
+
+/// Pays the pool in proportion to `earned`, each contributor keeping the weight their
+/// penalties leave them; what penalties withhold, and the whole pool when nobody earned
+/// anything, goes to the fallback. The payouts sum to the pool exactly.
+pub fn pay_withholding_penalties(
+    request: &Request,
+    earned: Vec<(String, f64)>,
+) -> Vec<(String, u128)> {
+    let total: f64 = earned.iter().map(|(_, w)| w.max(0.0)).sum();
+    if total <= 0.0 {
+        return vec![(request.pool.fallback.clone(), request.pool.amount)];
+    }
+    let mut weights: Vec<f64> = earned
+        .iter()
+        .map(|(a, w)| w.max(0.0) * request.kept_weight(a))
+        .collect();
+    weights.push((total - weights.iter().sum::<f64>()).max(0.0));
+    let shares = split_proportionally(request.pool.amount, &weights);
+    let mut payouts: Vec<(String, u128)> = earned
+        .into_iter()
+        .map(|(a, _)| a)
+        .zip(shares.iter().copied())
+        .collect();
+    payouts.push((request.pool.fallback.clone(), shares[shares.len() - 1]));
+    payouts.retain(|(_, units)| *units > 0);
+    payouts
+}
+
 #[doc(hidden)]
 pub fn run<P: RewardPolicy>(
     pool: wit::FeePool,

@@ -59,6 +59,33 @@ pub fn settlement(rewards: &Rewards, closed: &ClosedEpoch) -> Result<Settlement,
     })
 }
 
+/// Calls `f` with the adapter plugin, the epoch's settlement and the adapter's config (from
+/// the ledger settings when they still name it); any failure comes back as its message.
+fn with_adapter<T>(
+    rewards: &Rewards,
+    closed: &ClosedEpoch,
+    adapter: &str,
+    f: impl FnOnce(
+        &crate::plugin::LoadedPlugin,
+        &Settlement,
+        &str,
+    ) -> Result<T, crate::plugin::PluginError>,
+) -> Result<T, String> {
+    let config = settings(rewards)
+        .map_err(|e| e.to_string())?
+        .filter(|s| s.adapter == adapter)
+        .map(|s| s.config.to_string())
+        .unwrap_or_else(|| "{}".into());
+    let plugins = rewards
+        .plugins()
+        .ok_or("this server runs without plugins")?;
+    let plugin = plugins
+        .get_kind(adapter, PluginKind::LedgerAdapter)
+        .map_err(|e| e.to_string())?;
+    let s = settlement(rewards, closed).map_err(|e| e.to_string())?;
+    f(&plugin, &s, &config).map_err(|e| e.to_string())
+}
+
 /// Tries to settle `epoch` now, whatever its schedule; returns the epoch as it then stands.
 /// A settled epoch is returned as it is.
 pub fn attempt(rewards: &Rewards, epoch: u64) -> Result<ClosedEpoch, RewardsError> {
@@ -72,21 +99,10 @@ pub fn attempt(rewards: &Rewards, epoch: u64) -> Result<ClosedEpoch, RewardsErro
     if state.status == SettlementStatus::Settled {
         return Ok(closed);
     }
-    let config = settings(rewards)?
-        .filter(|s| s.adapter == state.adapter)
-        .map(|s| s.config.to_string())
-        .unwrap_or_else(|| "{}".into());
     let mut changes = StateChanges::default();
-    let outcome = match rewards.plugins() {
-        None => Err("this server runs without plugins".to_string()),
-        Some(plugins) => plugins
-            .get_kind(&state.adapter, PluginKind::LedgerAdapter)
-            .map_err(|e| e.to_string())
-            .and_then(|plugin| {
-                let s = settlement(rewards, &closed).map_err(|e| e.to_string())?;
-                ledger::settle(&plugin, &s, &config, &mut changes).map_err(|e| e.to_string())
-            }),
-    };
+    let outcome = with_adapter(rewards, &closed, &state.adapter, |plugin, s, config| {
+        ledger::settle(plugin, s, config, &mut changes)
+    });
     let mut next = state;
     next.attempts += 1;
     match outcome {
@@ -146,21 +162,9 @@ pub fn verify_all(rewards: &Rewards) -> Result<Vec<(u64, Verdict)>, RewardsError
         let Some(receipt) = &state.receipt else {
             continue;
         };
-        let config = settings(rewards)?
-            .filter(|s| s.adapter == state.adapter)
-            .map(|s| s.config.to_string())
-            .unwrap_or_else(|| "{}".into());
-        let verdict = match rewards.plugins() {
-            None => Err("this server runs without plugins".to_string()),
-            Some(plugins) => plugins
-                .get_kind(&state.adapter, PluginKind::LedgerAdapter)
-                .map_err(|e| e.to_string())
-                .and_then(|plugin| {
-                    let s = settlement(rewards, &closed).map_err(|e| e.to_string())?;
-                    ledger::verify(&plugin, &s, receipt, &config, &mut StateChanges::default())
-                        .map_err(|e| e.to_string())
-                }),
-        };
+        let verdict = with_adapter(rewards, &closed, &state.adapter, |plugin, s, config| {
+            ledger::verify(plugin, s, receipt, config, &mut StateChanges::default())
+        });
         out.push((closed.epoch, verdict));
     }
     Ok(out)

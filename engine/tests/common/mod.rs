@@ -268,3 +268,50 @@ pub fn events(body: &str) -> Vec<(String, serde_json::Value)> {
         })
         .collect()
 }
+
+/// Polls a job until it succeeds (panics if it fails, or takes over five minutes).
+pub fn wait_job(server: &Server, token: &str, location: &str) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    loop {
+        let status: serde_json::Value = server
+            .http()
+            .get(format!("{}{location}", server.url))
+            .bearer_auth(token)
+            .send()
+            .expect("send")
+            .json()
+            .expect("status");
+        match status["state"].as_str() {
+            Some("succeeded") => return status,
+            Some("failed" | "cancelled") => panic!("job ended: {status}"),
+            _ => {}
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(300),
+            "{status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Starts a job with `body` and waits for it; returns its final status.
+pub fn start_job(
+    server: &Server,
+    token: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> serde_json::Value {
+    let r = server
+        .http()
+        .post(format!("{}{path}", server.url))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), 202, "{}", r.text().unwrap_or_default());
+    let location = r.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_string();
+    wait_job(server, token, &location)
+}

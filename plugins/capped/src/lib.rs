@@ -5,7 +5,9 @@
 //! is at the cap. Penalties are withheld to the fallback, as `proportional` does.
 
 use serde::Deserialize;
-use tributary_sdk::reward::{split_proportionally, Request, RewardPolicy};
+use tributary_sdk::reward::{
+    scored, split_proportionally, sum_by_contributor, Request, RewardPolicy,
+};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -62,22 +64,7 @@ impl RewardPolicy for Capped {
         if !(config.max_share > 0.0 && config.max_share <= 1.0) {
             return Err(format!("max_share {} is not in (0, 1]", config.max_share));
         }
-        let mut earned: Vec<(String, f64)> = Vec::new();
-        for e in request.entries {
-            let w = e.score.max(0.0)
-                * if config.use_quality {
-                    e.quality.clamp(0.0, 1.0)
-                } else {
-                    1.0
-                };
-            match earned
-                .iter_mut()
-                .find(|(a, _)| a.eq_ignore_ascii_case(&e.contributor))
-            {
-                Some((_, total)) => *total += w,
-                None => earned.push((e.contributor.clone(), w)),
-            }
-        }
+        let earned = sum_by_contributor(request.entries, |e| Some(scored(e, config.use_quality)));
         let pool = request.pool.amount;
         if earned.iter().map(|(_, w)| w).sum::<f64>() <= 0.0 {
             return Ok(vec![(request.pool.fallback.clone(), pool)]);

@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use tributary_sdk::reward::{split_proportionally, AttributionEntry, Request, RewardPolicy};
+use tributary_sdk::reward::{pay_withholding_penalties, AttributionEntry, Request, RewardPolicy};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -47,11 +47,13 @@ impl Config {
     }
 }
 
+/// One record's groups, each with its holders (index into the contributors) and their scores.
+type Holders = BTreeMap<String, Vec<(usize, f64)>>;
+
 /// Each contributor's value (in order of first appearance): per record, its total score
 /// split equally among the groups holding it, and within a group among its holders by score.
 pub fn values(config: &Config, entries: &[AttributionEntry]) -> Vec<(String, f64)> {
-    // record -> group -> (holder -> score)
-    let mut records: BTreeMap<&str, BTreeMap<String, Vec<(usize, f64)>>> = BTreeMap::new();
+    let mut records: BTreeMap<&str, Holders> = BTreeMap::new();
     let mut people: Vec<(String, f64)> = Vec::new();
     for e in entries {
         let who = match people
@@ -94,25 +96,10 @@ impl RewardPolicy for ShapleyGroups {
     type Config = Config;
 
     fn distribute(config: &Config, request: &Request) -> Result<Vec<(String, u128)>, String> {
-        let earned = values(config, request.entries);
-        let total: f64 = earned.iter().map(|(_, v)| v).sum();
-        if total <= 0.0 {
-            return Ok(vec![(request.pool.fallback.clone(), request.pool.amount)]);
-        }
-        let mut weights: Vec<f64> = earned
-            .iter()
-            .map(|(a, v)| v * request.kept_weight(a))
-            .collect();
-        weights.push((total - weights.iter().sum::<f64>()).max(0.0));
-        let shares = split_proportionally(request.pool.amount, &weights);
-        let mut payouts: Vec<(String, u128)> = earned
-            .into_iter()
-            .map(|(a, _)| a)
-            .zip(shares.iter().copied())
-            .collect();
-        payouts.push((request.pool.fallback.clone(), shares[shares.len() - 1]));
-        payouts.retain(|(_, u)| *u > 0);
-        Ok(payouts)
+        Ok(pay_withholding_penalties(
+            request,
+            values(config, request.entries),
+        ))
     }
 }
 
@@ -172,7 +159,7 @@ mod tests {
             }
             for i in 0..k {
                 visit(k - 1, perm, f);
-                let j = if k % 2 == 0 { i } else { 0 };
+                let j = if k.is_multiple_of(2) { i } else { 0 };
                 perm.swap(j, k - 1);
             }
         }

@@ -5,7 +5,9 @@
 //! pool goes to the fallback.
 
 use serde::Deserialize;
-use tributary_sdk::reward::{split_proportionally, Request, RewardPolicy};
+use tributary_sdk::reward::{
+    scored, split_proportionally, sum_by_contributor, Request, RewardPolicy,
+};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -29,25 +31,9 @@ impl RewardPolicy for Threshold {
     type Config = Config;
 
     fn distribute(config: &Config, request: &Request) -> Result<Vec<(String, u128)>, String> {
-        let mut weights: Vec<(String, f64)> = Vec::new();
-        for e in request.entries {
-            if !(e.score >= config.min_score) {
-                continue;
-            }
-            let w = e.score
-                * if config.use_quality {
-                    e.quality.clamp(0.0, 1.0)
-                } else {
-                    1.0
-                };
-            match weights
-                .iter_mut()
-                .find(|(a, _)| a.eq_ignore_ascii_case(&e.contributor))
-            {
-                Some((_, total)) => *total += w,
-                None => weights.push((e.contributor.clone(), w)),
-            }
-        }
+        let mut weights = sum_by_contributor(request.entries, |e| {
+            (e.score >= config.min_score).then(|| scored(e, config.use_quality))
+        });
         for (account, w) in weights.iter_mut() {
             *w *= request.kept_weight(account);
         }
