@@ -703,3 +703,111 @@ fn plugin_state_stops_growing_at_its_limit() {
         "{err}"
     );
 }
+
+/// `evm-sigclaim` signs every account's claim with the operator's key, which never enters
+/// the plugin; settling again gives the same receipt; a settlement that differs fails
+/// verification; and eth-account, an independent implementation, recovers our key's address
+/// from each signature over the message SigDispersal.claim checks.
+#[test]
+fn evm_sigclaim_signs_claims_that_eth_account_recovers() {
+    let keys = tempfile::tempdir().expect("key dir");
+    let key = Key::generate();
+    let key_file = keys.path().join("signer.key");
+    std::fs::write(&key_file, key.to_hex()).expect("key");
+    let s = setup(&format!(
+        "[plugins.evm-sigclaim]\ngrant = [\"signer\"]\nsigner_key = {:?}\n",
+        key_file.display().to_string()
+    ));
+    install(&s.plugins, &artifacts::EVM_SIGCLAIM);
+    let adapter = s
+        .plugins
+        .get_kind("evm-sigclaim", PluginKind::LedgerAdapter)
+        .expect("adapter");
+    let contract = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
+    let config = serde_json::json!({"contract": contract, "chain_id": 31337}).to_string();
+    let settlement = Settlement {
+        epoch: 3,
+        payout_root: format!("0x{}", "7c".repeat(32)),
+        total: u128::MAX,
+        payouts: vec![
+            (
+                "0x00000000000000000000000000000000000000Aa".into(),
+                u128::MAX - 12,
+            ),
+            ("0x00000000000000000000000000000000000000bB".into(), 12),
+        ],
+    };
+    let mut state = StateChanges::default();
+    let receipt = ledger::settle(&adapter, &settlement, &config, &mut state).expect("settle");
+    assert_eq!(receipt.ledger, "evm-sigclaim:31337");
+    assert_eq!(
+        ledger::settle(&adapter, &settlement, &config, &mut state).expect("again"),
+        receipt
+    );
+    assert!(ledger::verify(&adapter, &settlement, &receipt, &config, &mut state).expect("verify"));
+    let mut other = settlement.clone();
+    other.payouts[1].1 = 13;
+    other.payouts[0].1 = u128::MAX - 13;
+    assert!(!ledger::verify(&adapter, &other, &receipt, &config, &mut state).expect("verify"));
+    // Without a signer key the call fails, naming what is missing.
+    let bare = setup("[plugins.evm-sigclaim]\ngrant = [\"signer\"]\n");
+    install(&bare.plugins, &artifacts::EVM_SIGCLAIM);
+    let unsigned = bare
+        .plugins
+        .get_kind("evm-sigclaim", PluginKind::LedgerAdapter)
+        .expect("adapter");
+    let err = ledger::settle(&unsigned, &settlement, &config, &mut state).expect_err("no key");
+    assert!(err.to_string().contains("signer_key"), "{err}");
+
+    let details: serde_json::Value = serde_json::from_str(&receipt.details).expect("details");
+    assert_eq!(
+        details["signer"].as_str().map(str::to_lowercase),
+        Some(key.address().to_checksum().to_lowercase())
+    );
+    let python = common_python();
+    let script = r#"
+import json, sys
+from eth_abi.packed import encode_packed
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from eth_utils import keccak
+d = json.load(sys.stdin)
+out = []
+for c in d["claims"]:
+    message = keccak(encode_packed(["address", "uint256", "bytes32", "address", "uint256"],
+        [c["account"], int(c["amount"]), bytes.fromhex(d["batch"][2:]), d["contract"], d["chain_id"]]))
+    out.append(Account.recover_message(encode_defunct(primitive=message), signature=c["signature"]))
+print(json.dumps(out))
+"#;
+    let mut child = std::process::Command::new(&python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{} (./dev test makes the .venv): {e}", python.display()));
+    std::io::Write::write_all(
+        child.stdin.as_mut().expect("stdin"),
+        receipt.details.as_bytes(),
+    )
+    .expect("details to python");
+    let out = child.wait_with_output().expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recovered: Vec<String> = serde_json::from_slice(&out.stdout).expect("addresses");
+    assert_eq!(recovered.len(), 2);
+    for a in recovered {
+        assert_eq!(a.to_lowercase(), key.address().to_checksum().to_lowercase());
+    }
+}
+
+/// The cross-checks' Python, which `./dev test` creates with eth-account in it.
+fn common_python() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .join(".venv/bin/python")
+}

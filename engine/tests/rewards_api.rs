@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use common::{published_by, start_job, Server};
 use serde_json::{json, Value};
+use tributary::identity::{recover_personal, Signature};
 use tributary::merkle;
+use tributary::Key;
 use tributary_plugin_artifacts as artifacts;
 
 const PLATFORM: &str = "0x00000000000000000000000000000000000000A1";
@@ -136,6 +138,8 @@ struct Setup {
     model: String,
     bob: String,
     alice: String,
+    /// The operator's key behind the `signer` capability.
+    signer: Key,
 }
 
 fn setup() -> Setup {
@@ -144,11 +148,16 @@ fn setup() -> Setup {
     let ledger_dir = dir.path().join("ledger");
     std::fs::create_dir_all(&data).expect("data dir");
     std::fs::create_dir_all(&ledger_dir).expect("ledger dir");
+    let signer = Key::generate();
+    let signer_file = dir.path().join("signer.key");
+    std::fs::write(&signer_file, signer.to_hex()).expect("signer key");
     std::fs::write(
         data.join("plugins.toml"),
         format!(
-            "[plugins.local-jsonl]\ngrant = [\"filesystem\"]\nfilesystem = {:?}\n",
-            ledger_dir.display().to_string()
+            "[plugins.local-jsonl]\ngrant = [\"filesystem\"]\nfilesystem = {:?}\n\
+             [plugins.evm-sigclaim]\ngrant = [\"signer\"]\nsigner_key = {:?}\n",
+            ledger_dir.display().to_string(),
+            signer_file.display().to_string()
         ),
     )
     .expect("grants");
@@ -159,6 +168,7 @@ fn setup() -> Setup {
         &artifacts::GREEDY_POLICY,
         &artifacts::LOCAL_JSONL,
         &artifacts::CAPPED,
+        &artifacts::EVM_SIGCLAIM,
     ] {
         install(&server, &admin, p);
     }
@@ -209,6 +219,7 @@ fn setup() -> Setup {
         model,
         bob: people[0].clone(),
         alice: people[1].clone(),
+        signer,
     }
 }
 
@@ -785,5 +796,47 @@ fn a_random_fee_stream_with_retries_and_kills_pays_every_fee_exactly_once() {
     assert!(
         expected.keys().all(|a| balances.contains_key(a)),
         "{expected:?}"
+    );
+
+    // Settled as signed claims: each account's claim recovers to the operator's key over the
+    // message SigDispersal.claim checks.
+    let contract = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
+    ok(
+        &s.server,
+        &s.admin,
+        "PUT",
+        "/v1/ledger",
+        Some(
+            &json!({"adapter": "evm-sigclaim", "config": {"contract": contract, "chain_id": 31337}}),
+        ),
+    );
+    let closed = ok(&s.server, &s.admin, "POST", "/v1/epochs/close", None);
+    assert_eq!(closed["settlement"]["status"], "settled", "{closed}");
+    let claim = ok(
+        &s.server,
+        &s.reader,
+        "GET",
+        &format!("/v1/epochs/0/claims/{}", s.bob),
+        None,
+    );
+    let signed = &claim["ledger_claim"];
+    assert_eq!(signed["amount"], claim["amount"], "{claim}");
+    let mut packed = Vec::new();
+    packed.extend_from_slice(&hex::decode(&s.bob[2..]).expect("hex"));
+    packed.extend_from_slice(&[0u8; 16]);
+    packed.extend_from_slice(&units(&claim["amount"]).to_be_bytes());
+    packed.extend_from_slice(&merkle_hash(&closed["payout_root"]));
+    packed.extend_from_slice(&hex::decode(&contract[2..]).expect("hex"));
+    packed.extend_from_slice(&[0u8; 24]);
+    packed.extend_from_slice(&31337u64.to_be_bytes());
+    let message = merkle::keccak256(&packed);
+    let signature: Signature = signed["signature"]
+        .as_str()
+        .expect("signature")
+        .parse()
+        .expect("65 bytes");
+    assert_eq!(
+        recover_personal(&message, &signature).expect("recover"),
+        s.signer.address()
     );
 }

@@ -19,6 +19,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("threshold", "threshold"),
     ("capped", "capped"),
     ("shapley-groups", "shapley-groups"),
+    ("evm-sigclaim", "evm-sigclaim"),
 ];
 
 const TARGET: &str = "wasm32-wasip2";

@@ -155,6 +155,22 @@ pub fn claim(
             "epoch {epoch}'s payout tree lacks {checksum}'s leaf"
         ))
     })?;
+    let ledger_claim = closed
+        .settlement
+        .as_ref()
+        .and_then(|s| s.receipt.as_ref())
+        .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.details).ok())
+        .and_then(|d| {
+            d.get("claims")?
+                .as_array()?
+                .iter()
+                .find(|c| {
+                    c.get("account")
+                        .and_then(|a| a.as_str())
+                        .is_some_and(|a| a.eq_ignore_ascii_case(&checksum))
+                })
+                .cloned()
+        });
     Ok(Claim {
         epoch,
         account: checksum,
@@ -162,5 +178,6 @@ pub fn claim(
         leaf: hex32(&leaf),
         proof: proof.iter().map(hex32).collect(),
         root: closed.payout_root,
+        ledger_claim,
     })
 }

@@ -79,4 +79,8 @@ pub struct Claim {
     pub leaf: String,
     pub proof: Vec<String>,
     pub root: String,
+    /// The account's claim as the settling ledger issued it, when its receipt carries
+    /// per-account claims (`evm-sigclaim`: amount and signature for `SigDispersal.claim`).
+    #[schema(value_type = Option<Object>)]
+    pub ledger_claim: Option<serde_json::Value>,
 }
