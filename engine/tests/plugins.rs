@@ -150,6 +150,21 @@ fn a_chain_of_validators_rejects_scores_and_redacts() {
         quality.iter().all(|q| (0.5..=1.0).contains(q)),
         "{quality:?}"
     );
+    // What reward policies are told of each record: the same quality, read from its batch;
+    // a record the Datanet does not hold counts as 1.
+    let mut asked: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let unknown = "ab".repeat(32);
+    asked.push(&unknown);
+    let looked_up = s
+        .datanets
+        .record_qualities("notes", &asked)
+        .expect("qualities");
+    assert_eq!(&looked_up[..ids.len()], quality.as_slice());
+    assert_eq!(looked_up[ids.len()], 1.0);
+    assert!(
+        quality.iter().any(|q| *q < 1.0),
+        "the check needs a record under 1: {quality:?}"
+    );
 }
 
 #[test]

@@ -121,7 +121,16 @@ pub struct Datanets {
     /// Where the validator plugins that Datanets attach are found.
     pub(crate) resolver: Option<Arc<dyn ValidatorResolver>>,
     pub(crate) bulk_index_min: usize,
+    /// Validators' quality column of recently read batches (a batch's segment never changes):
+    /// charging a completion looks up the quality of the records it credits.
+    qualities: Mutex<HashMap<(String, u64), Qualities>>,
 }
+
+/// One batch's quality column, row by row.
+type Qualities = Arc<Vec<f64>>;
+
+/// Batches whose quality columns are kept; the cache is emptied when it is full.
+const QUALITY_CACHE_BATCHES: usize = 256;
 
 pub(crate) fn datanet_key(id: &str) -> String {
     format!("datanet/{id}")
@@ -216,6 +225,7 @@ impl Datanets {
             store,
             dirs,
             locks: Mutex::new(HashMap::new()),
+            qualities: Mutex::new(HashMap::new()),
             validators: ValidatorChain::default(),
             resolver: None,
             bulk_index_min: super::contribute::BULK_INDEX_MIN,
@@ -559,17 +569,9 @@ impl Datanets {
             }
         }
         for (batch, rows) in by_batch {
-            let Some(rel) = self.batch(id, batch)?.segment else {
+            let Some(quality) = self.batch_qualities(id, batch)? else {
                 continue;
             };
-            let mut quality = Vec::new();
-            for part in segment::read(&self.dirs.root.join(rel), Some(&[COL_QUALITY]))? {
-                let part = part?;
-                let column = part
-                    .column(0)
-                    .as_primitive::<arrow::datatypes::Float64Type>();
-                quality.extend((0..column.len()).map(|r| column.value(r)));
-            }
             for (i, row) in rows {
                 if let Some(q) = quality.get(row as usize) {
                     out[i] = *q;
@@ -577,6 +579,37 @@ impl Datanets {
             }
         }
         Ok(out)
+    }
+
+    /// The quality column of a batch's segment, read once while it stays in the cache.
+    fn batch_qualities(&self, id: &str, batch: u64) -> Result<Option<Qualities>, DatanetError> {
+        let key = (id.to_string(), batch);
+        if let Some(q) = self
+            .qualities
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(Some(q.clone()));
+        }
+        let Some(rel) = self.batch(id, batch)?.segment else {
+            return Ok(None);
+        };
+        let mut quality = Vec::new();
+        for part in segment::read(&self.dirs.root.join(rel), Some(&[COL_QUALITY]))? {
+            let part = part?;
+            let column = part
+                .column(0)
+                .as_primitive::<arrow::datatypes::Float64Type>();
+            quality.extend((0..column.len()).map(|r| column.value(r)));
+        }
+        let quality = Arc::new(quality);
+        let mut cache = self.qualities.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= QUALITY_CACHE_BATCHES {
+            cache.clear();
+        }
+        cache.insert(key, quality.clone());
+        Ok(Some(quality))
     }
 
     fn locate(&self, id: &str, record: &RecordId) -> Result<RecordLocation, DatanetError> {

@@ -89,6 +89,8 @@ fn with_adapter<T>(
 /// Tries to settle `epoch` now, whatever its schedule; returns the epoch as it then stands.
 /// A settled epoch is returned as it is.
 pub fn attempt(rewards: &Rewards, epoch: u64) -> Result<ClosedEpoch, RewardsError> {
+    // The state is read under the lock: an attempt that waited finds the epoch settled.
+    let _settling = rewards.lock_settling();
     let mut closed = epochs::get(rewards, epoch)?;
     let Some(state) = closed.settlement.clone() else {
         return Err(RewardsError::invalid(

@@ -74,6 +74,9 @@ pub struct Rewards {
     /// completions never update a balance from the same old value and no fee lands in an
     /// epoch that has closed.
     book: Mutex<()>,
+    /// Held through a settlement attempt, so that the retry task and a request never settle
+    /// the same epoch at once.
+    settling: Mutex<()>,
 }
 
 fn now() -> i64 {
@@ -98,6 +101,7 @@ impl Rewards {
             datanets,
             plugins,
             book: Mutex::new(()),
+            settling: Mutex::new(()),
         }
     }
 
@@ -121,6 +125,10 @@ impl Rewards {
 
     pub(crate) fn lock_book(&self) -> std::sync::MutexGuard<'_, ()> {
         self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn lock_settling(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.settling.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     // ---- terms ----
