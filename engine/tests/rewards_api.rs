@@ -11,7 +11,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{published_by, start_job, Server};
+use common::{published_by, tips_model, Server};
 use serde_json::{json, Value};
 use tributary::identity::{recover_personal, Signature};
 use tributary::merkle;
@@ -191,23 +191,7 @@ fn setup() -> Setup {
         &[("bob", &bob_file), ("alice", &alice_file)],
     );
     let reader = server.token("rita", "reader", &[]);
-    start_job(
-        &server,
-        &curator,
-        "/v1/datanets/kitchen-tips/versions/1/indexes",
-        &json!({"tokenizer": "bytes"}),
-    );
-    let trained = start_job(
-        &server,
-        &curator,
-        "/v1/models",
-        &json!({"datanet": "kitchen-tips", "version": 1, "steps": 200, "seq_len": 33,
-                "batch_size": 8, "lr": 0.01, "hidden": 64, "heads": 4, "layers": 2, "seed": 1}),
-    );
-    let model = trained["result"]["id"]
-        .as_str()
-        .expect("model id")
-        .to_string();
+    let model = tips_model(&server, &curator);
     Setup {
         _dir: dir,
         data,

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{published_with, start_job, Server};
+use common::{published_with, start_job, tips_model, Server};
 use serde_json::{json, Value};
 
 fn post(server: &Server, token: &str, path: &str, body: &Value) -> reqwest::blocking::Response {
@@ -94,23 +94,7 @@ fn a_trained_model_answers_with_its_training_text_and_credits_its_contributor() 
     let (curator, contributor) = published_with(&server, dir.path(), &file);
     let reader = server.token("rita", "reader", &[]);
     let admin = server.admin_token();
-    start_job(
-        &server,
-        &curator,
-        "/v1/datanets/kitchen-tips/versions/1/indexes",
-        &json!({"tokenizer": "bytes"}),
-    );
-    let trained = start_job(
-        &server,
-        &curator,
-        "/v1/models",
-        &json!({"datanet": "kitchen-tips", "version": 1, "steps": 200, "seq_len": 33,
-                "batch_size": 8, "lr": 0.01, "hidden": 64, "heads": 4, "layers": 2, "seed": 1}),
-    );
-    let model = trained["result"]["id"]
-        .as_str()
-        .expect("model id")
-        .to_string();
+    let model = tips_model(&server, &curator);
 
     // The start of a tip is completed with the rest of it, and the attribution credits that
     // tip and the contributor who sent it. One window is held out of training, so one tip

@@ -830,29 +830,22 @@ pub async fn completion(
     if plan.stream {
         return Ok(stream_response(app, Kind::Completion, resolved, plan, by));
     }
-    let Whole {
-        id,
-        created,
-        generated: g,
-        attribution,
-        fee,
-        timings,
-    } = generate_whole(&app, &resolved, &plan, by).await?;
+    let w = generate_whole(&app, &resolved, &plan, by).await?;
     Ok(Json(CompletionResponse {
-        id,
+        id: w.id,
         object: "text_completion".into(),
-        created,
+        created: w.created,
         model: resolved.model.clone(),
         choices: vec![CompletionChoice {
             index: 0,
-            text: g.text,
-            finish_reason: Some(g.finish),
+            text: w.generated.text,
+            finish_reason: Some(w.generated.finish),
             logprobs: None,
         }],
-        usage: usage(plan.prompt.len(), g.tokens.len()),
-        attribution,
-        fee,
-        timings,
+        usage: usage(plan.prompt.len(), w.generated.tokens.len()),
+        attribution: w.attribution,
+        fee: w.fee,
+        timings: w.timings,
     })
     .into_response())
 }
@@ -910,32 +903,25 @@ pub async fn chat(
     if plan.stream {
         return Ok(stream_response(app, Kind::Chat, resolved, plan, by));
     }
-    let Whole {
-        id,
-        created,
-        generated: g,
-        attribution,
-        fee,
-        timings,
-    } = generate_whole(&app, &resolved, &plan, by).await?;
+    let w = generate_whole(&app, &resolved, &plan, by).await?;
     Ok(Json(ChatResponse {
-        id,
+        id: w.id,
         object: "chat.completion".into(),
-        created,
+        created: w.created,
         model: resolved.model.clone(),
         choices: vec![ChatChoice {
             index: 0,
             message: AssistantMessage {
                 role: "assistant".into(),
-                content: g.text,
+                content: w.generated.text,
             },
-            finish_reason: Some(g.finish),
+            finish_reason: Some(w.generated.finish),
             logprobs: None,
         }],
-        usage: usage(plan.prompt.len(), g.tokens.len()),
-        attribution,
-        fee,
-        timings,
+        usage: usage(plan.prompt.len(), w.generated.tokens.len()),
+        attribution: w.attribution,
+        fee: w.fee,
+        timings: w.timings,
     })
     .into_response())
 }

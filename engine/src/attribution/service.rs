@@ -422,14 +422,9 @@ impl Attributions {
     }
 
     /// Closes the current epoch: commits its attribution ids to a Merkle root and starts the
-    /// next epoch.
-    pub fn close_epoch(&self) -> Result<EpochRoot, AttributionError> {
-        self.close_epoch_with(|_, _| Ok(()))
-    }
-
-    /// Closes the current epoch as [`Self::close_epoch`] does, with `extra` adding its own
-    /// writes for the closing epoch to the same batch: they commit together or not at all.
-    pub fn close_epoch_with(
+    /// next epoch, with `extra` adding its own writes for the closing epoch (the payout tree's
+    /// record) to the same batch: they commit together or not at all.
+    pub fn close_epoch(
         &self,
         extra: impl FnOnce(&EpochRoot, &mut crate::store::Batch<'_>) -> Result<(), AttributionError>,
     ) -> Result<EpochRoot, AttributionError> {

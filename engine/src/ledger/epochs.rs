@@ -86,7 +86,7 @@ pub fn close(rewards: &Rewards, data_dir: &Path) -> Result<ClosedEpoch, RewardsE
     let mut closed = None;
     rewards
         .attributions()
-        .close_epoch_with(|root, batch| {
+        .close_epoch(|root, batch| {
             debug_assert_eq!(root.epoch, epoch);
             let c = ClosedEpoch {
                 epoch,

@@ -431,13 +431,7 @@ impl Rewards {
         let mut out = Vec::new();
         self.store
             .scan(CF_REWARDS, b"fee/", b"fee/", |key, value| {
-                let record: FeeRecord = serde_json::from_slice(value).map_err(|e| {
-                    crate::store::StoreError::Corrupt {
-                        cf: CF_REWARDS,
-                        key: String::from_utf8_lossy(key).into_owned(),
-                        message: e.to_string(),
-                    }
-                })?;
+                let record: FeeRecord = crate::store::decode(CF_REWARDS, key, value)?;
                 if status.is_none_or(|s| s == record.status) {
                     out.push(record);
                 }

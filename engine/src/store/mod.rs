@@ -286,7 +286,8 @@ impl Store {
     }
 }
 
-fn decode<T: DeserializeOwned>(
+/// A stored JSON value, or [`StoreError::Corrupt`] naming where it is.
+pub(crate) fn decode<T: DeserializeOwned>(
     cf: &'static str,
     key: &[u8],
     bytes: &[u8],

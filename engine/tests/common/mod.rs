@@ -315,3 +315,25 @@ pub fn start_job(
         .to_string();
     wait_job(server, token, &location)
 }
+
+/// Builds the byte-level span index of kitchen-tips version 1 and trains a small model on
+/// it whose windows are one 33-byte tip each; returns the model's id.
+pub fn tips_model(server: &Server, curator: &str) -> String {
+    start_job(
+        server,
+        curator,
+        "/v1/datanets/kitchen-tips/versions/1/indexes",
+        &serde_json::json!({"tokenizer": "bytes"}),
+    );
+    let trained = start_job(
+        server,
+        curator,
+        "/v1/models",
+        &serde_json::json!({"datanet": "kitchen-tips", "version": 1, "steps": 200, "seq_len": 33,
+                "batch_size": 8, "lr": 0.01, "hidden": 64, "heads": 4, "layers": 2, "seed": 1}),
+    );
+    trained["result"]["id"]
+        .as_str()
+        .expect("model id")
+        .to_string()
+}
