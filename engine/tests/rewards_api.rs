@@ -143,6 +143,11 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_on(None)
+}
+
+/// The setup, with the `evm-merkle` adapter allowed to reach a node on `chain_port`.
+fn setup_on(chain_port: Option<u16>) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let ledger_dir = dir.path().join("ledger");
@@ -151,16 +156,20 @@ fn setup() -> Setup {
     let signer = Key::generate();
     let signer_file = dir.path().join("signer.key");
     std::fs::write(&signer_file, signer.to_hex()).expect("signer key");
-    std::fs::write(
-        data.join("plugins.toml"),
-        format!(
-            "[plugins.local-jsonl]\ngrant = [\"filesystem\"]\nfilesystem = {:?}\n\
-             [plugins.evm-sigclaim]\ngrant = [\"signer\"]\nsigner_key = {:?}\n",
-            ledger_dir.display().to_string(),
+    let mut grants = format!(
+        "[plugins.local-jsonl]\ngrant = [\"filesystem\"]\nfilesystem = {:?}\n\
+         [plugins.evm-sigclaim]\ngrant = [\"signer\"]\nsigner_key = {:?}\n",
+        ledger_dir.display().to_string(),
+        signer_file.display().to_string()
+    );
+    if let Some(port) = chain_port {
+        grants.push_str(&format!(
+            "[plugins.evm-merkle]\ngrant = [\"signer\", \"http\"]\nsigner_key = {:?}\n\
+             http_allow = [\"127.0.0.1:{port}\"]\n",
             signer_file.display().to_string()
-        ),
-    )
-    .expect("grants");
+        ));
+    }
+    std::fs::write(data.join("plugins.toml"), grants).expect("grants");
     let server = Server::start(&data);
     let admin = server.admin_token();
     for p in [
@@ -171,6 +180,9 @@ fn setup() -> Setup {
         &artifacts::EVM_SIGCLAIM,
     ] {
         install(&server, &admin, p);
+    }
+    if chain_port.is_some() {
+        install(&server, &admin, &artifacts::EVM_MERKLE);
     }
     let write = |name: &str, part: &[&str]| {
         let file = dir.path().join(name);
@@ -822,5 +834,240 @@ fn a_random_fee_stream_with_retries_and_kills_pays_every_fee_exactly_once() {
     assert_eq!(
         recover_personal(&message, &signature).expect("recover"),
         s.signer.address()
+    );
+}
+
+/// A local EVM chain: ganache with the distributor contract and a signature-claim checker,
+/// deployed by the operator's key (`tests/crosscheck/evm_chain.mjs`), answering one JSON line
+/// per request.
+struct Chain {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    info: Value,
+}
+
+impl Chain {
+    fn start(port: u16, operator: &Key) -> Chain {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("node")
+            .arg("evm_chain.mjs")
+            .arg(port.to_string())
+            .arg(operator.to_hex())
+            .current_dir(common::repo_root().join("tests/crosscheck"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("node (./dev installs ganache, solc and ethers from npm)");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let ready = lines.next().expect("the chain's ready line").expect("read");
+        let info = serde_json::from_str(&ready).expect("ready line");
+        Chain {
+            child,
+            stdin,
+            lines,
+            info,
+        }
+    }
+
+    fn ask(&mut self, request: Value) -> Value {
+        use std::io::Write;
+        writeln!(self.stdin, "{request}").expect("request to the chain");
+        let line = self.lines.next().expect("an answer").expect("read");
+        serde_json::from_str(&line).expect("answer line")
+    }
+
+    fn balance(&mut self, account: &str) -> u128 {
+        units(&self.ask(json!({"op": "balance", "account": account}))["balance"])
+    }
+}
+
+impl Drop for Chain {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn epochs_settle_on_a_local_evm_chain_where_every_claim_pays_once() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let s = setup_on(Some(port));
+    let mut chain = Chain::start(port, &s.signer);
+    let (server, admin, reader, model) = (&s.server, &s.admin, &s.reader, &s.model);
+    ok(
+        server,
+        admin,
+        "PUT",
+        &format!("/v1/models/{model}/terms"),
+        Some(&terms()),
+    );
+    let complete = |tip: &str| {
+        let answer = ok(
+            server,
+            reader,
+            "POST",
+            "/v1/completions",
+            Some(
+                &json!({"model": model, "prompt": &tip[..14], "max_tokens": 40, "temperature": 0}),
+            ),
+        );
+        assert_eq!(answer["fee"]["status"], "paid", "{answer}");
+    };
+    let use_ledger = |adapter: &str, config: &Value| {
+        ok(
+            server,
+            admin,
+            "PUT",
+            "/v1/ledger",
+            Some(&json!({"adapter": adapter, "config": config})),
+        );
+    };
+    let config = json!({
+        "rpc_url": chain.info["rpc_url"],
+        "contract": chain.info["distributor"],
+        "chain_id": 31337,
+    });
+
+    // The adapter reaches only its allow-list: a node elsewhere is refused, the epoch waits.
+    let mut elsewhere = config.clone();
+    elsewhere["rpc_url"] = json!("http://127.0.0.1:1/");
+    use_ledger("evm-merkle", &elsewhere);
+    complete(TIPS[1]);
+    complete(TIPS[5]);
+    let closed0 = ok(server, admin, "POST", "/v1/epochs/close", None);
+    assert_eq!(closed0["settlement"]["status"], "pending", "{closed0}");
+    let error = closed0["settlement"]["last_error"].as_str().unwrap_or("");
+    assert!(error.contains("allow-list"), "{closed0}");
+
+    // An earlier attempt whose answer was lost has put the root on chain: settling finds it
+    // there and sends nothing (the contract would refuse a second publication anyway).
+    let early = chain.ask(json!({
+        "op": "publish", "epoch": 0, "root": closed0["payout_root"], "total": closed0["total"],
+    }));
+    let early_tx = early["tx"].as_str().unwrap_or_else(|| panic!("{early}"));
+    use_ledger("evm-merkle", &config);
+    let settled0 = ok(server, admin, "POST", "/v1/epochs/0/settle", None);
+    let receipt0 = &settled0["settlement"]["receipt"];
+    assert_eq!(settled0["settlement"]["status"], "settled", "{settled0}");
+    assert_eq!(receipt0["reference"], early_tx, "{settled0}");
+    assert_eq!(receipt0["ledger"], "evm-merkle:31337");
+
+    // Epoch 1 settles as it closes, with a transaction the adapter builds, the host signs and
+    // the allow-listed capability sends.
+    let before_epoch_1 = chain.ask(json!({"op": "snapshot"}))["id"].clone();
+    complete(TIPS[2]);
+    complete(TIPS[6]);
+    let closed1 = ok(server, admin, "POST", "/v1/epochs/close", None);
+    assert_eq!(closed1["settlement"]["status"], "settled", "{closed1}");
+    let tx1 = closed1["settlement"]["receipt"]["reference"]
+        .as_str()
+        .expect("a transaction hash");
+    assert!(tx1.len() == 66 && tx1 != early_tx, "{closed1}");
+    let on_chain = chain.ask(json!({"op": "epoch", "epoch": 1}));
+    assert_eq!(on_chain["published"], true, "{on_chain}");
+    assert_eq!(on_chain["root"], closed1["payout_root"]);
+    assert_eq!(on_chain["total"], closed1["total"]);
+    let funded = units(&closed0["total"]) + units(&closed1["total"]);
+    assert_eq!(chain.balance("distributor"), funded);
+
+    // Every account claims its amount once with our proof; a wrong amount or a second claim
+    // is refused on chain. All claims together drain the contract to the unit.
+    let everyone = [PLATFORM, OWNER, s.bob.as_str(), s.alice.as_str()];
+    let mut paid = 0;
+    for epoch in [0, 1] {
+        for who in everyone {
+            let path = format!("/v1/epochs/{epoch}/claims/{who}");
+            let (status, claim) = send(server, reader, "GET", &path, None);
+            if status == 404 {
+                continue;
+            }
+            assert_eq!(status, 200, "{claim}");
+            let amount = units(&claim["amount"]);
+            let mut ask = json!({
+                "op": "claim", "epoch": epoch, "account": who,
+                "amount": (amount + 1).to_string(), "proof": claim["proof"],
+            });
+            let wrong = chain.ask(ask.clone());
+            assert_eq!(wrong["error"], "InvalidProof()", "{wrong}");
+            ask["amount"] = json!(amount.to_string());
+            let good = chain.ask(ask.clone());
+            assert_eq!(good["ok"], true, "{good}");
+            assert_eq!(units(&good["gained"]), amount);
+            let again = chain.ask(ask);
+            let refusal = again["error"].as_str().unwrap_or("");
+            assert!(refusal.starts_with("AlreadyClaimed"), "{again}");
+            paid += amount;
+        }
+    }
+    assert_eq!(paid, funded);
+    assert_eq!(chain.balance("distributor"), 0);
+
+    // evm-sigclaim's claims pass the check a signature-dispersal contract makes on chain.
+    use_ledger(
+        "evm-sigclaim",
+        &json!({"contract": chain.info["sigclaim"], "chain_id": 31337}),
+    );
+    complete(TIPS[3]);
+    let closed2 = ok(server, admin, "POST", "/v1/epochs/close", None);
+    assert_eq!(closed2["settlement"]["status"], "settled", "{closed2}");
+    let mut checked = 0;
+    for who in everyone {
+        let (status, claim) = send(
+            server,
+            reader,
+            "GET",
+            &format!("/v1/epochs/2/claims/{who}"),
+            None,
+        );
+        if status == 404 {
+            continue;
+        }
+        let signer = chain.ask(json!({
+            "op": "signer", "signature": claim["ledger_claim"]["signature"],
+            "batch": closed2["payout_root"], "amount": claim["amount"], "account": who,
+        }));
+        assert_eq!(signer["signer"], chain.info["operator"], "{signer} {claim}");
+        checked += 1;
+    }
+    assert!(checked >= 3, "platform, owner and bob earned in epoch 2");
+
+    // Checked offline against the chain: the CLI asks the node through the same adapter.
+    let data = s.data.clone();
+    let mut s = s;
+    s.server.kill();
+    let verify = || {
+        let out = std::process::Command::new(common::BIN)
+            .args(["ledger", "verify", "--data-dir"])
+            .arg(&data)
+            .output()
+            .expect("ledger verify");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (
+            out.status.success(),
+            format!("{text}{}", common::stderr(&out)),
+        )
+    };
+    let (verified, text) = verify();
+    assert!(verified, "{text}");
+    for epoch in 0..3 {
+        assert!(
+            text.contains(&format!("epoch {epoch}: the ledger proves it")),
+            "{text}"
+        );
+    }
+    // The chain forgets epoch 1's publication (as a reorganisation would): verifying says so.
+    let reverted = chain.ask(json!({"op": "revert", "id": before_epoch_1}));
+    assert_eq!(reverted["reverted"], true, "{reverted}");
+    let (verified, text) = verify();
+    assert!(!verified, "{text}");
+    assert!(text.contains("epoch 0: the ledger proves it"), "{text}");
+    assert!(
+        text.contains("epoch 1: the ledger does not match the settlement"),
+        "{text}"
     );
 }

@@ -20,6 +20,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("capped", "capped"),
     ("shapley-groups", "shapley-groups"),
     ("evm-sigclaim", "evm-sigclaim"),
+    ("evm-merkle", "evm-merkle"),
 ];
 
 const TARGET: &str = "wasm32-wasip2";

@@ -59,23 +59,46 @@ pub fn settlement(rewards: &Rewards, closed: &ClosedEpoch) -> Result<Settlement,
     })
 }
 
-/// Calls `f` with the adapter plugin, the epoch's settlement and the adapter's config (from
-/// the ledger settings when they still name it); any failure comes back as its message.
+/// The adapter config `closed` settles with now: the ledger settings' while they still name
+/// its adapter (so an operator can correct a pending epoch's node or contract), else none.
+fn current_config(rewards: &Rewards, adapter: &str) -> Result<serde_json::Value, String> {
+    Ok(settings(rewards)
+        .map_err(|e| e.to_string())?
+        .filter(|s| s.adapter == adapter)
+        .map(|s| s.config)
+        .unwrap_or_else(|| serde_json::json!({})))
+}
+
+/// The config a settled epoch's receipt was made under (epochs settled before it was kept
+/// have the current one).
+fn settled_config(
+    rewards: &Rewards,
+    epoch: u64,
+    adapter: &str,
+) -> Result<serde_json::Value, String> {
+    let kept: Option<serde_json::Value> = rewards
+        .store()
+        .get_json(CF_REWARDS, book::settled_with_key(epoch).as_bytes())
+        .map_err(|e| e.to_string())?;
+    match kept {
+        Some(config) => Ok(config),
+        None => current_config(rewards, adapter),
+    }
+}
+
+/// Calls `f` with the adapter plugin, the epoch's settlement and `config`; any failure comes
+/// back as its message.
 fn with_adapter<T>(
     rewards: &Rewards,
     closed: &ClosedEpoch,
     adapter: &str,
+    config: &serde_json::Value,
     f: impl FnOnce(
         &crate::plugin::LoadedPlugin,
         &Settlement,
         &str,
     ) -> Result<T, crate::plugin::PluginError>,
 ) -> Result<T, String> {
-    let config = settings(rewards)
-        .map_err(|e| e.to_string())?
-        .filter(|s| s.adapter == adapter)
-        .map(|s| s.config.to_string())
-        .unwrap_or_else(|| "{}".into());
     let plugins = rewards
         .plugins()
         .ok_or("this server runs without plugins")?;
@@ -83,7 +106,7 @@ fn with_adapter<T>(
         .get_kind(adapter, PluginKind::LedgerAdapter)
         .map_err(|e| e.to_string())?;
     let s = settlement(rewards, closed).map_err(|e| e.to_string())?;
-    f(&plugin, &s, &config).map_err(|e| e.to_string())
+    f(&plugin, &s, &config.to_string()).map_err(|e| e.to_string())
 }
 
 /// Tries to settle `epoch` now, whatever its schedule; returns the epoch as it then stands.
@@ -102,8 +125,15 @@ pub fn attempt(rewards: &Rewards, epoch: u64) -> Result<ClosedEpoch, RewardsErro
         return Ok(closed);
     }
     let mut changes = StateChanges::default();
-    let outcome = with_adapter(rewards, &closed, &state.adapter, |plugin, s, config| {
-        ledger::settle(plugin, s, config, &mut changes)
+    let config = current_config(rewards, &state.adapter);
+    let outcome = config.as_ref().map_err(Clone::clone).and_then(|config| {
+        with_adapter(
+            rewards,
+            &closed,
+            &state.adapter,
+            config,
+            |plugin, s, config| ledger::settle(plugin, s, config, &mut changes),
+        )
     });
     let mut next = state;
     next.attempts += 1;
@@ -125,6 +155,11 @@ pub fn attempt(rewards: &Rewards, epoch: u64) -> Result<ClosedEpoch, RewardsErro
     let _book = rewards.lock_book();
     let mut batch = rewards.store().batch();
     batch.put_json(CF_REWARDS, book::epoch_key(epoch), &closed)?;
+    if let (Some(SettlementStatus::Settled), Ok(config)) =
+        (closed.settlement.as_ref().map(|s| s.status), &config)
+    {
+        batch.put_json(CF_REWARDS, book::settled_with_key(epoch), config)?;
+    }
     changes.write_to(rewards.store(), &mut batch)?;
     batch.commit()?;
     Ok(closed)
@@ -164,8 +199,16 @@ pub fn verify_all(rewards: &Rewards) -> Result<Vec<(u64, Verdict)>, RewardsError
         let Some(receipt) = &state.receipt else {
             continue;
         };
-        let verdict = with_adapter(rewards, &closed, &state.adapter, |plugin, s, config| {
-            ledger::verify(plugin, s, receipt, config, &mut StateChanges::default())
+        let verdict = settled_config(rewards, closed.epoch, &state.adapter).and_then(|config| {
+            with_adapter(
+                rewards,
+                &closed,
+                &state.adapter,
+                &config,
+                |plugin, s, config| {
+                    ledger::verify(plugin, s, receipt, config, &mut StateChanges::default())
+                },
+            )
         });
         out.push((closed.epoch, verdict));
     }

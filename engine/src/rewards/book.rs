@@ -9,6 +9,9 @@
 //! - `pay/{address}/{epoch:020}/{completion}`: one [`Payment`], the account's history;
 //! - `flag/{contributor}/{datanet}/{record}`: a curator's [`Flag`](super::flags::Flag);
 //! - `epoch/{epoch:020}`: a closed epoch (`crate::ledger::ClosedEpoch`);
+//! - `settled-with/{epoch:020}`: the adapter config (JSON) a settled epoch's receipt was made
+//!   under, which verifying it uses; kept apart from the epoch, which readers see, since a
+//!   config may hold a node URL with a key in it;
 //! - `ledger`: the operator's ledger settings (`crate::ledger::LedgerSettings`).
 //!
 //! Addresses in keys are lowercase hex, so an account is one key whatever its casing.
@@ -149,6 +152,10 @@ pub fn flag_key(contributor: &str, datanet: &str, record: &str) -> String {
 
 pub fn epoch_key(epoch: u64) -> String {
     format!("epoch/{epoch:020}")
+}
+
+pub fn settled_with_key(epoch: u64) -> String {
+    format!("settled-with/{epoch:020}")
 }
 
 pub const LEDGER_KEY: &str = "ledger";

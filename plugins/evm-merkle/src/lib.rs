@@ -1,0 +1,270 @@
+//! Settles an epoch on an EVM chain: one transaction calls the distributor contract's
+//! `publish(epoch, payout root, total)` with the total as its value (the contract,
+//! `contracts/TributaryDistributor.sol`, then pays every account that claims with its proof).
+//! The transaction is built here, signed by the host's `signer` (the key never enters the
+//! plugin) and sent through the `http` capability, which reaches only the hosts the operator
+//! allows.
+//!
+//! Settling is idempotent without keeping any state: the contract accepts an epoch once, and
+//! every attempt first looks for the epoch's `RootPublished` log, so a retry after a lost
+//! answer finds the publication and returns the same receipt. While an earlier transaction of
+//! the operator is still waiting to be mined the attempt fails instead of sending another;
+//! the engine tries again later.
+
+mod abi;
+mod rpc;
+mod tx;
+
+use rpc::{hex0x, quantity, Rpc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tributary_sdk::ledger::{LedgerAdapter, Receipt, Settlement};
+use tx::LegacyTx;
+
+/// How many times a sent transaction's receipt is asked for before the attempt is left to
+/// the engine's retry; nodes that mine on arrival answer the first.
+const RECEIPT_POLLS: usize = 20;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The node's JSON-RPC URL; its host must be on the plugin's `http_allow`.
+    pub rpc_url: String,
+    /// The distributor contract's address.
+    pub contract: String,
+    pub chain_id: u64,
+    /// Gas for `publish`; the node's estimate (plus a quarter) when absent.
+    #[serde(default)]
+    pub gas_limit: Option<u64>,
+    /// The block the contract was deployed in, where the search for publications starts.
+    #[serde(default)]
+    pub from_block: u64,
+}
+
+/// What the receipt's `details` hold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Details {
+    pub contract: String,
+    pub chain_id: u64,
+    pub epoch: u64,
+    pub root: String,
+    /// Base units, decimal.
+    pub total: String,
+    pub block_number: u64,
+    pub block_hash: String,
+}
+
+/// An epoch's publication as the chain holds it.
+struct Publication {
+    tx_hash: String,
+    root: [u8; 32],
+    total: u128,
+    block_number: u64,
+    block_hash: String,
+}
+
+fn bytes<const N: usize>(hex_text: &str, what: &str) -> Result<[u8; N], String> {
+    let raw = hex::decode(hex_text.trim_start_matches("0x"))
+        .map_err(|e| format!("{what} {hex_text:?} is not hex: {e}"))?;
+    raw.try_into()
+        .map_err(|_| format!("{what} {hex_text:?} is not {N} bytes"))
+}
+
+fn string_field<'v>(v: &'v Value, field: &str) -> Result<&'v str, String> {
+    v.get(field)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("the node's log has no {field}"))
+}
+
+/// The epoch's `RootPublished` log, if the contract has one.
+fn find_publication(rpc: &Rpc, config: &Config, epoch: u64) -> Result<Option<Publication>, String> {
+    let filter = json!({
+        "address": config.contract,
+        "fromBlock": quantity(config.from_block.into()),
+        "toBlock": "latest",
+        "topics": [hex0x(&abi::root_published_topic()), hex0x(&abi::word(epoch.into()))],
+    });
+    let logs = rpc.call("eth_getLogs", json!([filter]))?;
+    let logs = logs.as_array().ok_or("eth_getLogs answered no list")?;
+    // The contract emits one per epoch; a log of a block that was reorganised away is marked.
+    let Some(log) = logs
+        .iter()
+        .find(|l| l.get("removed").and_then(Value::as_bool) != Some(true))
+    else {
+        return Ok(None);
+    };
+    let (root, total) = abi::decode_root_published(&rpc::parse_bytes(&log["data"], "log data")?)?;
+    Ok(Some(Publication {
+        tx_hash: string_field(log, "transactionHash")?.to_string(),
+        root,
+        total,
+        block_number: rpc::block_number(log)?,
+        block_hash: string_field(log, "blockHash")?.to_string(),
+    }))
+}
+
+fn receipt_of(
+    config: &Config,
+    settlement: &Settlement,
+    p: &Publication,
+) -> Result<Receipt, String> {
+    let details = Details {
+        contract: config.contract.to_lowercase(),
+        chain_id: config.chain_id,
+        epoch: settlement.epoch,
+        root: hex0x(&p.root),
+        total: p.total.to_string(),
+        block_number: p.block_number,
+        block_hash: p.block_hash.clone(),
+    };
+    Ok(Receipt {
+        ledger: format!("evm-merkle:{}", config.chain_id),
+        reference: p.tx_hash.clone(),
+        details: serde_json::to_string(&details).map_err(|e| e.to_string())?,
+    })
+}
+
+/// Whether `p` publishes `settlement`, or what differs.
+fn matches(p: &Publication, root: &[u8; 32], settlement: &Settlement) -> Result<(), String> {
+    if &p.root != root || p.total != settlement.total {
+        return Err(format!(
+            "epoch {} is already published on chain with root {} and total {} (transaction {}), \
+             not root {} and total {}",
+            settlement.epoch,
+            hex0x(&p.root),
+            p.total,
+            p.tx_hash,
+            settlement.payout_root,
+            settlement.total
+        ));
+    }
+    Ok(())
+}
+
+/// Sends the `publish` transaction; answers its hash once mined and successful.
+fn publish(
+    rpc: &Rpc,
+    config: &Config,
+    settlement: &Settlement,
+    root: &[u8; 32],
+) -> Result<String, String> {
+    let operator = tributary_sdk::signer::address()?;
+    let (mined, pending) = (
+        rpc.nonce(&operator, "latest")?,
+        rpc.nonce(&operator, "pending")?,
+    );
+    if pending > mined {
+        return Err(format!(
+            "the operator {operator} has {} transaction(s) waiting to be mined; \
+             epoch {} is published after them",
+            pending - mined,
+            settlement.epoch
+        ));
+    }
+    let data = abi::publish(settlement.epoch, root, settlement.total);
+    let gas = match config.gas_limit {
+        Some(g) => g,
+        None => {
+            let estimate = rpc.quantity(
+                "eth_estimateGas",
+                json!([{
+                    "from": operator,
+                    "to": config.contract,
+                    "value": quantity(settlement.total),
+                    "data": hex0x(&data),
+                }]),
+            )?;
+            u64::try_from(estimate + estimate / 4).map_err(|_| "the gas estimate is over 2^64")?
+        }
+    };
+    let tx = LegacyTx {
+        nonce: mined,
+        gas_price: rpc.quantity("eth_gasPrice", json!([]))?,
+        gas,
+        to: bytes(&config.contract, "contract")?,
+        value: settlement.total,
+        data,
+    };
+    let signature = tributary_sdk::signer::sign_digest(&tx.signing_hash(config.chain_id))?;
+    let raw = tx.signed(config.chain_id, &signature)?;
+    let hash = rpc
+        .call("eth_sendRawTransaction", json!([hex0x(&raw)]))?
+        .as_str()
+        .map(str::to_string)
+        .ok_or("eth_sendRawTransaction answered no hash")?;
+    for _ in 0..RECEIPT_POLLS {
+        if let Some(receipt) = rpc.receipt(&hash)? {
+            if !rpc::succeeded(&receipt) {
+                return Err(format!(
+                    "transaction {hash} publishing epoch {} reverted",
+                    settlement.epoch
+                ));
+            }
+            return Ok(hash);
+        }
+    }
+    Err(format!(
+        "transaction {hash} publishing epoch {} is sent and not mined yet; settling again finds it",
+        settlement.epoch
+    ))
+}
+
+fn check_chain(rpc: &Rpc, config: &Config) -> Result<(), String> {
+    let id = rpc.chain_id()?;
+    if id != config.chain_id {
+        return Err(format!(
+            "the node at {} serves chain {id}, not the configured chain {}",
+            config.rpc_url, config.chain_id
+        ));
+    }
+    Ok(())
+}
+
+pub struct EvmMerkle;
+
+impl LedgerAdapter for EvmMerkle {
+    type Config = Config;
+
+    fn settle(config: &Config, settlement: &Settlement) -> Result<Receipt, String> {
+        let root: [u8; 32] = bytes(&settlement.payout_root, "payout root")?;
+        let rpc = Rpc::new(&config.rpc_url);
+        check_chain(&rpc, config)?;
+        if let Some(p) = find_publication(&rpc, config, settlement.epoch)? {
+            matches(&p, &root, settlement)?;
+            return receipt_of(config, settlement, &p);
+        }
+        let hash = publish(&rpc, config, settlement, &root)?;
+        let p = find_publication(&rpc, config, settlement.epoch)?.ok_or_else(|| {
+            format!("transaction {hash} succeeded but the contract logged no RootPublished for epoch {}", settlement.epoch)
+        })?;
+        matches(&p, &root, settlement)?;
+        receipt_of(config, settlement, &p)
+    }
+
+    fn verify(config: &Config, settlement: &Settlement, receipt: &Receipt) -> Result<bool, String> {
+        let kept: Details = serde_json::from_str(&receipt.details)
+            .map_err(|e| format!("the receipt's details are not this adapter's: {e}"))?;
+        let root: [u8; 32] = bytes(&settlement.payout_root, "payout root")?;
+        let rpc = Rpc::new(&config.rpc_url);
+        check_chain(&rpc, config)?;
+        // The transaction is still in the block the receipt names, and the contract holds
+        // the epoch's root now.
+        let Some(mined) = rpc.receipt(&receipt.reference)? else {
+            return Ok(false);
+        };
+        let in_block = mined.get("blockHash").and_then(Value::as_str) == Some(&kept.block_hash);
+        let on_chain = rpc.eth_call(&config.contract, &abi::roots(settlement.epoch))?;
+        let Some(p) = find_publication(&rpc, config, settlement.epoch)? else {
+            return Ok(false);
+        };
+        Ok(rpc::succeeded(&mined)
+            && in_block
+            && p.tx_hash.eq_ignore_ascii_case(&receipt.reference)
+            && matches(&p, &root, settlement).is_ok()
+            && on_chain == root
+            && kept.root == settlement.payout_root.to_lowercase()
+            && kept.total == settlement.total.to_string())
+    }
+}
+
+tributary_sdk::export_ledger_adapter!(EvmMerkle);
