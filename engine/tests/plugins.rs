@@ -826,3 +826,47 @@ fn common_python() -> std::path::PathBuf {
         .expect("workspace root")
         .join(".venv/bin/python")
 }
+
+#[test]
+fn a_ledger_adapter_from_before_0_1_1_loads_and_reports_no_claims() {
+    let s = setup(
+        "[plugins.evm-merkle]\ngrant = [\"signer\", \"http\"]\nhttp_allow = [\"127.0.0.1:1\"]\n",
+    );
+    // Built straight from wit/0.1.0: no `claims` export.
+    install(&s.plugins, &artifacts::LEGACY_LEDGER);
+    install(&s.plugins, &artifacts::EVM_MERKLE);
+    let legacy = s
+        .plugins
+        .get_kind("legacy-ledger", PluginKind::LedgerAdapter)
+        .expect("legacy");
+    let merkle = s
+        .plugins
+        .get_kind("evm-merkle", PluginKind::LedgerAdapter)
+        .expect("evm-merkle");
+    assert_eq!(legacy.api_version, "0.1.0");
+    assert_eq!(merkle.api_version, "0.1.1");
+    let settlement = Settlement {
+        epoch: 0,
+        payout_root: format!("0x{}", "5e".repeat(32)),
+        total: 9,
+        payouts: vec![("0x00000000000000000000000000000000000000Aa".into(), 9)],
+    };
+    let mut state = StateChanges::default();
+    let receipt = ledger::settle(&legacy, &settlement, "{}", &mut state).expect("settle");
+    assert!(ledger::verify(&legacy, &settlement, &receipt, "{}", &mut state).expect("verify"));
+    assert_eq!(
+        ledger::claimed(&legacy, &settlement, &receipt, "{}", &mut state).expect("claimed"),
+        None
+    );
+    // evm-merkle has the interface: the call reaches it, which reads its config first.
+    let err =
+        ledger::claimed(&merkle, &settlement, &receipt, "{}", &mut state).expect_err("no config");
+    assert!(err.to_string().contains("rpc_url"), "{err}");
+    let config = serde_json::json!({
+        "rpc_url": "http://127.0.0.1:2/", "contract": format!("0x{}", "00".repeat(20)), "chain_id": 31337,
+    })
+    .to_string();
+    let err = ledger::claimed(&merkle, &settlement, &receipt, &config, &mut state)
+        .expect_err("off the allow-list");
+    assert!(err.to_string().contains("allow-list"), "{err}");
+}

@@ -95,19 +95,25 @@ fn install(server: &Server, admin: &str, plugin: &artifacts::Plugin) {
     );
 }
 
+fn rewards_of(server: &Server, token: &str, account: &str) -> Value {
+    ok(
+        server,
+        token,
+        "GET",
+        &format!("/v1/accounts/{account}/rewards"),
+        None,
+    )
+}
+
 /// Each account's pending balance.
 fn pending(server: &Server, token: &str, accounts: &[&str]) -> HashMap<String, u128> {
     accounts
         .iter()
         .map(|a| {
-            let r = ok(
-                server,
-                token,
-                "GET",
-                &format!("/v1/accounts/{a}/rewards"),
-                None,
-            );
-            (a.to_lowercase(), units(&r["pending"]))
+            (
+                a.to_lowercase(),
+                units(&rewards_of(server, token, a)["pending"]),
+            )
         })
         .collect()
 }
@@ -336,13 +342,7 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
         None,
     );
     assert_eq!(pending(server, reader, &everyone), before);
-    let bob_account = ok(
-        server,
-        reader,
-        "GET",
-        &format!("/v1/accounts/{bob}/rewards"),
-        None,
-    );
+    let bob_account = rewards_of(server, reader, bob);
     assert_eq!(bob_account["payments"][0]["completion"], id.as_str());
     assert_eq!(bob_account["payments"][0]["role"], "contributor");
 
@@ -523,13 +523,7 @@ fn answers_pay_their_contributors_exactly_once_and_epochs_settle_with_checkable_
             .map(merkle_hash)
             .collect();
         assert!(merkle::verify(&root, &leaf, &proof), "{claim}");
-        let account = ok(
-            server,
-            reader,
-            "GET",
-            &format!("/v1/accounts/{who}/rewards"),
-            None,
-        );
+        let account = rewards_of(server, reader, who);
         assert_eq!(units(&account["pending"]), 0);
         assert_eq!(units(&account["balance"]), balances[&who.to_lowercase()]);
         assert_eq!(account["epoch"], 1);
@@ -1007,6 +1001,42 @@ fn epochs_settle_on_a_local_evm_chain_where_every_claim_pays_once() {
     assert_eq!(paid, funded);
     assert_eq!(chain.balance("distributor"), 0);
 
+    // The engine books what the contract's logs say was claimed: everything, by everyone.
+    for (epoch, closed) in [(0, &closed0), (1, &closed1)] {
+        let synced = ok(
+            server,
+            admin,
+            "POST",
+            &format!("/v1/epochs/{epoch}/claims/sync"),
+            None,
+        );
+        assert_eq!(synced["tracked"], true, "{synced}");
+        assert_eq!(synced["claimed"], closed["total"], "{synced}");
+        let epoch_now = ok(server, reader, "GET", &format!("/v1/epochs/{epoch}"), None);
+        assert_eq!(epoch_now["claimed"], closed["total"], "{epoch_now}");
+        let again = ok(
+            server,
+            admin,
+            "POST",
+            &format!("/v1/epochs/{epoch}/claims/sync"),
+            None,
+        );
+        assert_eq!(again["changed"], 0, "{again}");
+    }
+    for who in everyone {
+        let account = rewards_of(server, reader, who);
+        assert_eq!(account["claimed"], account["earned"], "{account}");
+        assert_eq!(units(&account["balance"]), 0, "{account}");
+    }
+    let bob_claim = ok(
+        server,
+        reader,
+        "GET",
+        &format!("/v1/epochs/0/claims/{}", s.bob),
+        None,
+    );
+    assert_eq!(bob_claim["claimed"], bob_claim["amount"], "{bob_claim}");
+
     // evm-sigclaim's claims pass the check a signature-dispersal contract makes on chain.
     use_ledger(
         "evm-sigclaim",
@@ -1035,6 +1065,9 @@ fn epochs_settle_on_a_local_evm_chain_where_every_claim_pays_once() {
         checked += 1;
     }
     assert!(checked >= 3, "platform, owner and bob earned in epoch 2");
+    // Signed claims are redeemed on a contract the engine does not watch: nothing to book.
+    let synced = server.cli_json(Some(admin), &["epochs", "sync-claims", "2"]);
+    assert_eq!(synced["tracked"], false, "{synced}");
 
     // Checked offline against the chain: the CLI asks the node through the same adapter.
     let data = s.data.clone();

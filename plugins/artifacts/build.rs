@@ -21,6 +21,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("shapley-groups", "shapley-groups"),
     ("evm-sigclaim", "evm-sigclaim"),
     ("evm-merkle", "evm-merkle"),
+    ("legacy-ledger", "legacy-ledger"),
 ];
 
 const TARGET: &str = "wasm32-wasip2";

@@ -1,7 +1,8 @@
 //! Ledger adapters: record a closed epoch's payouts where others can check them.
 
 use crate::amount_from_wit;
-use crate::bindings::ledger_adapter::exports::tributary::plugins::ledger as wit;
+// Two versions of the package are in the world, so the generated modules carry them.
+use crate::bindings::ledger_adapter::exports::tributary::plugins0_1_0::ledger as wit;
 
 pub use wit::Receipt;
 
@@ -26,6 +27,16 @@ pub trait LedgerAdapter {
         settlement: &Settlement,
         receipt: &Receipt,
     ) -> Result<bool, String>;
+    /// What each account has claimed of the settled epoch, where the ledger knows it (a
+    /// distributor contract's claim events). `None`, the default, for ledgers where claims
+    /// are not recorded; the engine then shows nothing claimed.
+    fn claimed(
+        _config: &Self::Config,
+        _settlement: &Settlement,
+        _receipt: &Receipt,
+    ) -> Result<Option<Vec<(String, u128)>>, String> {
+        Ok(None)
+    }
 }
 
 fn settlement(s: wit::Settlement) -> Settlement {
@@ -57,6 +68,26 @@ pub fn verify<A: LedgerAdapter>(
     A::verify(&parsed, &settlement(s), &receipt)
 }
 
+#[doc(hidden)]
+pub fn claimed<A: LedgerAdapter>(
+    s: wit::Settlement,
+    receipt: Receipt,
+    config: String,
+) -> Result<Option<Vec<crate::bindings::types::Payout>>, String> {
+    let parsed = crate::cached::parse_config::<A::Config>(&config)?;
+    Ok(
+        A::claimed(&parsed, &settlement(s), &receipt)?.map(|claims| {
+            claims
+                .into_iter()
+                .map(|(account, units)| crate::bindings::types::Payout {
+                    account,
+                    amount: crate::amount_to_wit(units),
+                })
+                .collect()
+        }),
+    )
+}
+
 /// Exports `$ty`, which implements [`LedgerAdapter`], as the component's ledger adapter.
 #[macro_export]
 macro_rules! export_ledger_adapter {
@@ -64,7 +95,7 @@ macro_rules! export_ledger_adapter {
         // Only components export the world; on the host the plugin is a library for its tests.
         #[cfg(target_arch = "wasm32")]
         const _: () = {
-            use $crate::__private::ledger_adapter::exports::tributary::plugins::ledger as __wit;
+            use $crate::__private::ledger_adapter::exports::tributary::plugins0_1_0::ledger as __wit;
 
             struct __Export;
 
@@ -84,8 +115,21 @@ macro_rules! export_ledger_adapter {
                 }
             }
 
+            impl $crate::__private::ledger_adapter::exports::tributary::plugins0_1_1::claims::Guest for __Export {
+                fn claimed(
+                    settlement: __wit::Settlement,
+                    receipt: __wit::Receipt,
+                    config: ::std::string::String,
+                ) -> ::std::result::Result<
+                    ::std::option::Option<::std::vec::Vec<$crate::__private::types::Payout>>,
+                    ::std::string::String,
+                > {
+                    $crate::ledger::claimed::<$ty>(settlement, receipt, config)
+                }
+            }
+
             $crate::__private::ledger_adapter::export_world!(__Export with_types_in $crate::__private::ledger_adapter);
-            $crate::__stamp_api_version!();
+            $crate::__stamp_api_version!(b"0.1.1");
         };
     };
 }

@@ -53,7 +53,8 @@ pub use capabilities::{config, http, kv, log, signer};
 
 /// The version of the WIT package this SDK implements, stamped into every component it
 /// builds (custom section [`API_VERSION_SECTION`]); the engine reads it before loading.
-pub const API_VERSION: &str = "0.1.0";
+/// Validators and reward policies use 0.1.0's worlds, ledger adapters 0.1.1's.
+pub const API_VERSION: &str = "0.1.1";
 /// Name of the custom section that carries [`API_VERSION`].
 pub const API_VERSION_SECTION: &str = "tributary-api-version";
 
@@ -89,10 +90,13 @@ pub mod __private {
 #[macro_export]
 macro_rules! __stamp_api_version {
     () => {
+        $crate::__stamp_api_version!(b"0.1.0");
+    };
+    ($version:literal) => {
         #[allow(unsafe_code)]
         #[used]
         #[link_section = "tributary-api-version"]
-        static __TRIBUTARY_API_VERSION: [u8; 5] = *b"0.1.0";
+        static __TRIBUTARY_API_VERSION: [u8; 5] = *$version;
     };
 }
 

@@ -144,6 +144,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/epochs", get(rewards::list_epochs))
         .route("/v1/epochs/{n}", get(rewards::get_epoch))
         .route("/v1/epochs/{n}/settle", post(rewards::settle_epoch))
+        .route("/v1/epochs/{n}/claims/sync", post(rewards::sync_claims))
         .route("/v1/epochs/{n}/claims/{address}", get(rewards::claim))
         .route("/v1/ledger", axum::routing::put(rewards::set_ledger))
         .route("/v1/accounts/{address}/rewards", get(rewards::account))

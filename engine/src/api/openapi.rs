@@ -35,7 +35,7 @@ impl Modify for BearerAuth {
         completions::load_adapter, completions::list_adapters, completions::unload_adapter,
         rewards::set_terms, rewards::get_terms, rewards::fee, rewards::fees, rewards::account, rewards::flag,
         rewards::close_epoch, rewards::list_epochs, rewards::get_epoch, rewards::settle_epoch,
-        rewards::claim, rewards::set_ledger,
+        rewards::claim, rewards::sync_claims, rewards::set_ledger,
     ),
     modifiers(&BearerAuth)
 )]

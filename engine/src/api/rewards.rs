@@ -4,7 +4,7 @@
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::datanets::load;
 use super::error::{ApiError, Problem};
@@ -31,6 +31,7 @@ impl From<RewardsError> for ApiError {
             RewardsError::Conservation(_) | RewardsError::Store(_) | RewardsError::Io(_) => {
                 Self::internal(detail)
             }
+            RewardsError::Ledger(_) => Self::new(StatusCode::BAD_GATEWAY, "ledger-failed", detail),
         }
     }
 }
@@ -260,6 +261,52 @@ pub async fn settle_epoch(
     ))
 }
 
+/// What one ask of an epoch's ledger found.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ClaimsSync {
+    pub epoch: u64,
+    /// Whether the epoch's ledger reports claims (false before it is settled, and for
+    /// ledgers that keep no record of them).
+    pub tracked: bool,
+    /// What accounts have claimed of the epoch in all.
+    #[serde(with = "crate::rewards::money::units")]
+    #[schema(value_type = String)]
+    pub claimed: u128,
+    /// Accounts whose claims changed with this ask.
+    pub changed: usize,
+}
+
+#[utoipa::path(post, operation_id = "syncEpochClaims", path = "/v1/epochs/{n}/claims/sync", tag = "rewards",
+    params(("n" = u64, Path)),
+    responses((status = 200, body = ClaimsSync, description = "the epoch's claims as its ledger reports them now (the server also asks every 30 s)"), (status = 404, body = Problem), (status = 502, body = Problem, description = "the ledger failed, or reported claims the epoch does not owe; nothing was booked")),
+    security(("bearer" = [])))]
+pub async fn sync_claims(
+    State(app): State<AppState>,
+    principal: Principal,
+    Path(n): Path<u64>,
+) -> Result<Json<ClaimsSync>, ApiError> {
+    principal.require_admin()?;
+    let rewards = app.rewards.clone();
+    let synced =
+        blocking(move || ledger::claims::sync(&rewards, n).map_err(ApiError::from)).await?;
+    let rewards = app.rewards.clone();
+    let closed = blocking(move || ledger::epochs::get(&rewards, n).map_err(ApiError::from)).await?;
+    Ok(Json(match synced {
+        ledger::claims::Synced::NotTracked => ClaimsSync {
+            epoch: n,
+            tracked: false,
+            claimed: closed.claimed,
+            changed: 0,
+        },
+        ledger::claims::Synced::Claims { claimed, changed } => ClaimsSync {
+            epoch: n,
+            tracked: true,
+            claimed,
+            changed,
+        },
+    }))
+}
+
 #[utoipa::path(get, operation_id = "epochClaim", path = "/v1/epochs/{n}/claims/{address}", tag = "rewards",
     params(("n" = u64, Path), ("address" = String, Path)),
     responses((status = 200, body = Claim, description = "the amount and its proof against the epoch's payout root"), (status = 400, body = Problem), (status = 404, body = Problem)),
@@ -297,17 +344,30 @@ pub async fn set_ledger(
     ))
 }
 
-/// Retries due settlements in the background for as long as the server runs.
+/// Seconds between the background asks of settled epochs' ledgers for claims.
+const CLAIMS_EVERY_S: u64 = 30;
+
+/// Retries due settlements in the background for as long as the server runs, and books
+/// what ledgers report claimed.
 pub fn spawn_settlements(rewards: std::sync::Arc<Rewards>) {
+    const SETTLE_EVERY_S: u64 = 2;
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
-        loop {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(SETTLE_EVERY_S));
+        for n in 0u64.. {
             tick.tick().await;
             let r = rewards.clone();
-            match tokio::task::spawn_blocking(move || ledger::settle::due(&r)).await {
+            let claims = n % (CLAIMS_EVERY_S / SETTLE_EVERY_S) == 0;
+            let work = move || {
+                ledger::settle::due(&r)?;
+                if claims {
+                    ledger::claims::sync_all(&r)?;
+                }
+                Ok::<_, RewardsError>(())
+            };
+            match tokio::task::spawn_blocking(work).await {
                 Ok(Err(e)) => tracing::warn!("settling due epochs: {e}"),
                 Err(e) => tracing::warn!("the settlement worker failed: {e}"),
-                Ok(Ok(_)) => {}
+                Ok(Ok(())) => {}
             }
         }
     });

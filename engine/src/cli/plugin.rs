@@ -250,10 +250,11 @@ fn scaffold(id: &str, kind: &str, dir: &Path, sdk: &Path) -> Result<()> {
     let sdk = std::fs::canonicalize(sdk)
         .with_context(|| format!("the SDK at {} (pass --sdk)", sdk.display()))?;
     let krate = id.replace('-', "_");
-    let (feature, body) = match kind {
-        "validator" => ("validator", VALIDATOR_TEMPLATE),
-        "reward-policy" => ("reward-policy", REWARD_TEMPLATE),
-        _ => ("ledger-adapter", LEDGER_TEMPLATE),
+    use crate::plugin::PluginKind;
+    let (feature, body, plugin_kind) = match kind {
+        "validator" => ("validator", VALIDATOR_TEMPLATE, PluginKind::Validator),
+        "reward-policy" => ("reward-policy", REWARD_TEMPLATE, PluginKind::RewardPolicy),
+        _ => ("ledger-adapter", LEDGER_TEMPLATE, PluginKind::LedgerAdapter),
     };
     std::fs::create_dir_all(root.join("src"))?;
     std::fs::write(
@@ -267,7 +268,7 @@ fn scaffold(id: &str, kind: &str, dir: &Path, sdk: &Path) -> Result<()> {
         root.join("plugin.toml"),
         format!(
             "id = \"{id}\"\nversion = \"0.1.0\"\nkind = \"{kind}\"\nwit = \"{}\"\ndescription = \"\"\ncomponent = \"target/wasm32-wasip2/release/{krate}.wasm\"\ncapabilities = []\n\n[limits]\ndeadline_ms = 1000\nmemory_mb = 64\noutput_kb = 4096\n",
-            crate::plugin::api_version::CURRENT
+            crate::plugin::api_version::of_sdk(plugin_kind)
         ),
     )?;
     std::fs::write(root.join("src/lib.rs"), body)?;

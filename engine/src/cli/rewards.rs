@@ -54,6 +54,9 @@ pub enum EpochsCommand {
     Settle { epoch: u64 },
     /// An account's claim on a closed epoch: the amount and its Merkle proof.
     Claim { epoch: u64, address: String },
+    /// Ask a settled epoch's ledger what has been claimed, and book it (admin; the server
+    /// also asks every 30 s).
+    SyncClaims { epoch: u64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,6 +123,9 @@ pub fn epochs(client: &Client, cmd: EpochsCommand) -> Result<()> {
         }
         EpochsCommand::Claim { epoch, address } => {
             client.get(&format!("/v1/epochs/{epoch}/claims/{address}"))?
+        }
+        EpochsCommand::SyncClaims { epoch } => {
+            client.post_empty(&format!("/v1/epochs/{epoch}/claims/sync"))?
         }
     };
     print_json(&v)

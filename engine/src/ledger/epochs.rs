@@ -95,6 +95,7 @@ pub fn close(rewards: &Rewards, data_dir: &Path) -> Result<ClosedEpoch, RewardsE
                 payout_root: payout_root.clone(),
                 total,
                 accounts,
+                claimed: 0,
                 closed_at: chrono::Utc::now().timestamp(),
                 settlement: settings.map(|s| SettlementState {
                     adapter: s.adapter,
@@ -171,10 +172,16 @@ pub fn claim(
                 })
                 .cloned()
         });
+    let claimed = rewards
+        .store()
+        .get(CF_REWARDS, book::claimed_key(epoch, &checksum).as_bytes())?
+        .and_then(|v| book::parse_units(&v))
+        .unwrap_or(0);
     Ok(Claim {
         epoch,
         account: checksum,
         amount,
+        claimed,
         leaf: hex32(&leaf),
         proof: proof.iter().map(hex32).collect(),
         root: closed.payout_root,

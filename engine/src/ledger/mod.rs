@@ -3,6 +3,7 @@
 //! with the root over the epoch's attribution records; a ledger-adapter plugin then records
 //! the epoch somewhere others can check, retried with backoff until it takes.
 
+pub mod claims;
 pub mod epochs;
 pub mod settle;
 
@@ -61,6 +62,11 @@ pub struct ClosedEpoch {
     #[schema(value_type = String)]
     pub total: u128,
     pub accounts: u64,
+    /// What accounts have claimed of `total`, as the ledger last reported it (zero for
+    /// ledgers that keep no record of claims).
+    #[serde(default, with = "units")]
+    #[schema(value_type = String)]
+    pub claimed: u128,
     pub closed_at: i64,
     /// Absent when no ledger was configured at close.
     pub settlement: Option<SettlementState>,
@@ -75,6 +81,10 @@ pub struct Claim {
     #[serde(with = "units")]
     #[schema(value_type = String)]
     pub amount: u128,
+    /// What the account has claimed of `amount`, as the ledger last reported it.
+    #[serde(with = "units")]
+    #[schema(value_type = String)]
+    pub claimed: u128,
     /// keccak256(keccak256(abi.encode(account, amount))), 0x hex.
     pub leaf: String,
     pub proof: Vec<String>,

@@ -71,7 +71,7 @@ fn current_config(rewards: &Rewards, adapter: &str) -> Result<serde_json::Value,
 
 /// The config a settled epoch's receipt was made under (epochs settled before it was kept
 /// have the current one).
-fn settled_config(
+pub(super) fn settled_config(
     rewards: &Rewards,
     epoch: u64,
     adapter: &str,
@@ -88,7 +88,7 @@ fn settled_config(
 
 /// Calls `f` with the adapter plugin, the epoch's settlement and `config`; any failure comes
 /// back as its message.
-fn with_adapter<T>(
+pub(super) fn with_adapter<T>(
     rewards: &Rewards,
     closed: &ClosedEpoch,
     adapter: &str,

@@ -7,8 +7,9 @@ use super::manifest::PluginKind;
 /// Custom section the SDK writes the API version into.
 pub const SECTION: &str = "tributary-api-version";
 /// The newest version this engine implements. Within 0.1, minor releases only add new
-/// interfaces, which the host probes for, so every 0.1.x component loads.
-pub const CURRENT: &str = "0.1.0";
+/// interfaces, which the host probes for, so every 0.1.x component loads. 0.1.1 added
+/// `claims` for ledger adapters.
+pub const CURRENT: &str = "0.1.1";
 pub const SUPPORTED: &str = "0.1.0 to 0.1.x";
 
 /// `Ok` when `version` is one this engine loads; otherwise why not.
@@ -28,6 +29,15 @@ pub fn check(version: &str) -> Result<(), String> {
             }
         }
         _ => Err(format!("{version:?} is not a version (major.minor.patch)")),
+    }
+}
+
+/// The version the SDK builds components of `kind` for: ledger adapters use 0.1.1's world,
+/// the other kinds 0.1.0's, which 0.1.1 left as they were.
+pub fn of_sdk(kind: PluginKind) -> &'static str {
+    match kind {
+        PluginKind::LedgerAdapter => "0.1.1",
+        PluginKind::Validator | PluginKind::RewardPolicy => "0.1.0",
     }
 }
 

@@ -1,9 +1,10 @@
-//! Ledger-adapter plugins: settle a closed epoch, and verify a receipt later.
+//! Ledger-adapter plugins: settle a closed epoch, verify a receipt later, and (0.1.1) report
+//! what accounts have claimed.
 
 use super::bindings::ledger_adapter::exports::tributary::plugins::ledger as wit;
 use super::bindings::types;
 use super::reward::amount;
-use super::runtime::{Bound, LoadedPlugin, OutputSize};
+use super::runtime::{Bound, LedgerBound, LoadedPlugin, OutputSize};
 use super::state::StateChanges;
 use super::PluginError;
 
@@ -71,7 +72,10 @@ pub fn settle(
 ) -> Result<Receipt, PluginError> {
     let s = to_wit(settlement)?;
     let r = plugin.call("settle", state, |store, bound| match bound {
-        Bound::LedgerAdapter(l) => l.tributary_plugins_ledger().call_settle(store, &s, config),
+        Bound::LedgerAdapter(l) => l
+            .ledger
+            .tributary_plugins_ledger()
+            .call_settle(store, &s, config),
         _ => Err(wasmtime::Error::msg("not a ledger adapter")),
     })?;
     Ok(Receipt {
@@ -96,8 +100,55 @@ pub fn verify(
     };
     plugin.call("verify", state, |store, bound| match bound {
         Bound::LedgerAdapter(l) => l
+            .ledger
             .tributary_plugins_ledger()
             .call_verify(store, &s, &r, config),
         _ => Err(wasmtime::Error::msg("not a ledger adapter")),
     })
+}
+
+/// What `claimed` answers: per account, or nothing when the ledger keeps no record.
+type Claimed = Option<Vec<types::Payout>>;
+
+impl OutputSize for Claimed {
+    fn output_size(&self) -> usize {
+        self.as_ref()
+            .map_or(1, |c| c.iter().map(|p| p.account.len() + 16).sum())
+    }
+}
+
+/// What each account has claimed of a settled epoch, as the ledger reports it; `None` when
+/// the adapter has no `claims` interface (built for 0.1.0) or keeps no record of claims.
+pub fn claimed(
+    plugin: &LoadedPlugin,
+    settlement: &Settlement,
+    receipt: &Receipt,
+    config: &str,
+    state: &mut StateChanges,
+) -> Result<Option<Vec<(String, u128)>>, PluginError> {
+    let s = to_wit(settlement)?;
+    let r = wit::Receipt {
+        ledger: receipt.ledger.clone(),
+        reference: receipt.reference.clone(),
+        details: receipt.details.clone(),
+    };
+    let answer = plugin.call("claimed", state, |store, bound| match bound {
+        Bound::LedgerAdapter(LedgerBound {
+            claimed: Some(f), ..
+        }) => {
+            let f = f
+                .typed::<(&wit::Settlement, &wit::Receipt, &str), (Result<Claimed, String>,)>(
+                    &*store,
+                )?;
+            Ok(f.call(store, (&s, &r, config))?.0)
+        }
+        Bound::LedgerAdapter(_) => Ok(Ok(None)),
+        _ => Err(wasmtime::Error::msg("not a ledger adapter")),
+    })?;
+    Ok(answer.map(|claims| {
+        claims
+            .into_iter()
+            .map(|p| (p.account, super::reward::units(p.amount)))
+            .collect()
+    }))
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Func, HasSelf, Instance, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 use super::api_version;
@@ -262,6 +262,9 @@ fn load_artifact(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
     unsafe { Component::deserialize_file(engine, path) }
 }
 
+/// The interface 0.1.1 added for ledger adapters.
+const CLAIMS_INTERFACE: &str = "tributary:plugins/claims@0.1.1";
+
 enum Pre {
     Validator(validator::ValidatorPre<HostState>),
     RewardPolicy(reward_policy::RewardPolicyPre<HostState>),
@@ -272,7 +275,27 @@ enum Pre {
 pub(crate) enum Bound {
     Validator(validator::Validator),
     RewardPolicy(reward_policy::RewardPolicy),
-    LedgerAdapter(ledger_adapter::LedgerAdapter),
+    LedgerAdapter(LedgerBound),
+}
+
+/// A ledger adapter's exports: 0.1.0's `ledger`, and 0.1.1's `claims` where it has it.
+pub(crate) struct LedgerBound {
+    pub ledger: ledger_adapter::LedgerAdapter,
+    /// `tributary:plugins/claims@0.1.1#claimed`.
+    pub claimed: Option<Func>,
+}
+
+/// The export `interface#function` of `instance`, if it has it. A newer minor version's
+/// interfaces are found this way, so older components load without them.
+fn probe(
+    store: &mut Store<HostState>,
+    instance: &Instance,
+    interface: &str,
+    function: &str,
+) -> Option<Func> {
+    let iface = instance.get_export_index(&mut *store, None, interface)?;
+    let func = instance.get_export_index(&mut *store, Some(&iface), function)?;
+    instance.get_func(&mut *store, func)
 }
 
 /// An instance ready for a call.
@@ -333,7 +356,11 @@ impl LoadedPlugin {
         let bound = match &self.pre {
             Pre::Validator(pre) => pre.instantiate(&mut store).map(Bound::Validator),
             Pre::RewardPolicy(pre) => pre.instantiate(&mut store).map(Bound::RewardPolicy),
-            Pre::LedgerAdapter(pre) => pre.instantiate(&mut store).map(Bound::LedgerAdapter),
+            Pre::LedgerAdapter(pre) => pre.instance_pre().instantiate(&mut store).and_then(|i| {
+                let ledger = ledger_adapter::LedgerAdapter::new(&mut store, &i)?;
+                let claimed = probe(&mut store, &i, CLAIMS_INTERFACE, "claimed");
+                Ok(Bound::LedgerAdapter(LedgerBound { ledger, claimed }))
+            }),
         }
         .map_err(|e| self.classify("instantiate", &store, e, Instant::now()))?;
         self.instantiated.fetch_add(1, Ordering::Relaxed);

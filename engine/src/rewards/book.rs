@@ -9,6 +9,8 @@
 //! - `pay/{address}/{epoch:020}/{completion}`: one [`Payment`], the account's history;
 //! - `flag/{contributor}/{datanet}/{record}`: a curator's [`Flag`](super::flags::Flag);
 //! - `epoch/{epoch:020}`: a closed epoch (`crate::ledger::ClosedEpoch`);
+//! - `claimed/{epoch:020}/{address}`: what the account has claimed of that epoch (decimal),
+//!   as the epoch's ledger last reported it;
 //! - `settled-with/{epoch:020}`: the adapter config (JSON) a settled epoch's receipt was made
 //!   under, which verifying it uses; kept apart from the epoch, which readers see, since a
 //!   config may hold a node URL with a key in it;
@@ -152,6 +154,10 @@ pub fn flag_key(contributor: &str, datanet: &str, record: &str) -> String {
 
 pub fn epoch_key(epoch: u64) -> String {
     format!("epoch/{epoch:020}")
+}
+
+pub fn claimed_key(epoch: u64, address: &str) -> String {
+    format!("claimed/{epoch:020}/{}", address.to_ascii_lowercase())
 }
 
 pub fn settled_with_key(epoch: u64) -> String {

@@ -45,6 +45,9 @@ pub enum RewardsError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Io(String),
+    /// A ledger that failed to answer, or answered what cannot be booked.
+    #[error("{0}")]
+    Ledger(String),
 }
 
 impl RewardsError {

@@ -40,6 +40,32 @@ pub fn root_published_topic() -> [u8; 32] {
     keccak(b"RootPublished(uint64,bytes32,uint256)")
 }
 
+/// topic0 of `Claimed(uint64 indexed epoch, address indexed account, uint256 amount)`.
+pub fn claimed_topic() -> [u8; 32] {
+    keccak(b"Claimed(uint64,address,uint256)")
+}
+
+/// The account of an indexed address topic.
+pub fn topic_address(topic: &[u8]) -> Result<[u8; 20], String> {
+    if topic.len() != 32 || topic[..12].iter().any(|b| *b != 0) {
+        return Err(format!("{} is not an address topic", hex::encode(topic)));
+    }
+    topic[12..].try_into().map_err(|_| "address".into())
+}
+
+/// A uint256 word that must fit in u128.
+pub fn decode_amount(data: &[u8]) -> Result<u128, String> {
+    if data.len() != 32 || data[..16].iter().any(|b| *b != 0) {
+        return Err(format!(
+            "{} is not an amount under 2^128",
+            hex::encode(data)
+        ));
+    }
+    Ok(u128::from_be_bytes(
+        data[16..].try_into().map_err(|_| "amount")?,
+    ))
+}
+
 /// The non-indexed part of a `RootPublished` log: (root, total).
 pub fn decode_root_published(data: &[u8]) -> Result<([u8; 32], u128), String> {
     if data.len() != 64 {

@@ -10,6 +10,9 @@
 //! answer finds the publication and returns the same receipt. While an earlier transaction of
 //! the operator is still waiting to be mined the attempt fails instead of sending another;
 //! the engine tries again later.
+//!
+//! Claims are the contract's `Claimed` logs for the epoch; the engine asks for them (0.1.1's
+//! `claims` interface) and shows each account's `claimed`.
 
 mod abi;
 mod rpc;
@@ -76,21 +79,33 @@ fn string_field<'v>(v: &'v Value, field: &str) -> Result<&'v str, String> {
         .ok_or_else(|| format!("the node's log has no {field}"))
 }
 
-/// The epoch's `RootPublished` log, if the contract has one.
-fn find_publication(rpc: &Rpc, config: &Config, epoch: u64) -> Result<Option<Publication>, String> {
+/// The contract's logs of `event` (its topic0) for `epoch`, leaving out those of blocks that
+/// were reorganised away.
+fn epoch_logs(
+    rpc: &Rpc,
+    config: &Config,
+    event: [u8; 32],
+    epoch: u64,
+) -> Result<Vec<Value>, String> {
     let filter = json!({
         "address": config.contract,
         "fromBlock": quantity(config.from_block.into()),
         "toBlock": "latest",
-        "topics": [hex0x(&abi::root_published_topic()), hex0x(&abi::word(epoch.into()))],
+        "topics": [hex0x(&event), hex0x(&abi::word(epoch.into()))],
     });
-    let logs = rpc.call("eth_getLogs", json!([filter]))?;
-    let logs = logs.as_array().ok_or("eth_getLogs answered no list")?;
-    // The contract emits one per epoch; a log of a block that was reorganised away is marked.
-    let Some(log) = logs
-        .iter()
-        .find(|l| l.get("removed").and_then(Value::as_bool) != Some(true))
-    else {
+    match rpc.call("eth_getLogs", json!([filter]))? {
+        Value::Array(logs) => Ok(logs
+            .into_iter()
+            .filter(|l| l.get("removed").and_then(Value::as_bool) != Some(true))
+            .collect()),
+        other => Err(format!("eth_getLogs answered {other}, not a list")),
+    }
+}
+
+/// The epoch's `RootPublished` log, if the contract has one (it emits one per epoch).
+fn find_publication(rpc: &Rpc, config: &Config, epoch: u64) -> Result<Option<Publication>, String> {
+    let logs = epoch_logs(rpc, config, abi::root_published_topic(), epoch)?;
+    let Some(log) = logs.first() else {
         return Ok(None);
     };
     let (root, total) = abi::decode_root_published(&rpc::parse_bytes(&log["data"], "log data")?)?;
@@ -220,6 +235,22 @@ fn check_chain(rpc: &Rpc, config: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// The contract's `Claimed` logs for `epoch`: each account with its amount.
+fn claims(rpc: &Rpc, config: &Config, epoch: u64) -> Result<Vec<(String, u128)>, String> {
+    let logs = epoch_logs(rpc, config, abi::claimed_topic(), epoch)?;
+    let mut out = Vec::with_capacity(logs.len());
+    for log in &logs {
+        let topic = log
+            .get("topics")
+            .and_then(|t| t.get(2))
+            .ok_or("a Claimed log without its account topic")?;
+        let account = abi::topic_address(&rpc::parse_bytes(topic, "account topic")?)?;
+        let amount = abi::decode_amount(&rpc::parse_bytes(&log["data"], "log data")?)?;
+        out.push((hex0x(&account), amount));
+    }
+    Ok(out)
+}
+
 pub struct EvmMerkle;
 
 impl LedgerAdapter for EvmMerkle {
@@ -264,6 +295,16 @@ impl LedgerAdapter for EvmMerkle {
             && on_chain == root
             && kept.root == settlement.payout_root.to_lowercase()
             && kept.total == settlement.total.to_string())
+    }
+
+    fn claimed(
+        config: &Config,
+        settlement: &Settlement,
+        _receipt: &Receipt,
+    ) -> Result<Option<Vec<(String, u128)>>, String> {
+        let rpc = Rpc::new(&config.rpc_url);
+        check_chain(&rpc, config)?;
+        claims(&rpc, config, settlement.epoch).map(Some)
     }
 }
 
