@@ -19,6 +19,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::error::{ApiError, Problem};
 use super::extract::JsonBody;
+use super::rewards::attribute_and_charge;
 use super::{blocking, AppState};
 use crate::auth::Principal;
 use crate::model::chat::Message;
@@ -561,16 +562,13 @@ async fn finish(
     let (attribution, fee) = blocking(move || {
         serving.save(&stored)?;
         if attribute {
-            let attribution = serving.attribute(&stored)?;
-            let fee = charge_logged(&rewards, &stored, &attribution);
-            Ok((attribution, fee))
+            Ok(attribute_and_charge(&serving, &rewards, &stored)?)
         } else {
             let deferred = serving.deferred(&stored);
-            tokio::task::spawn_blocking(move || match serving.attribute(&stored) {
-                Ok(a) => {
-                    charge_logged(&rewards, &stored, &a);
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = attribute_and_charge(&serving, &rewards, &stored) {
+                    tracing::warn!(completion = %stored.id, "deferred attribution: {e}");
                 }
-                Err(e) => tracing::warn!(completion = %stored.id, "deferred attribution: {e}"),
             });
             Ok((deferred, None))
         }
@@ -578,22 +576,6 @@ async fn finish(
     .await
     .map_err(ApiError::openai)?;
     Ok((attribution, fee, started.elapsed().as_secs_f64()))
-}
-
-/// Charges a completion; a failure leaves it uncharged (asking for its attribution charges
-/// it again) and does not fail the answer already made.
-fn charge_logged(
-    rewards: &crate::rewards::Rewards,
-    stored: &StoredCompletion,
-    attribution: &CompletionAttribution,
-) -> Option<FeeRecord> {
-    match super::rewards::charge(rewards, stored, attribution) {
-        Ok(fee) => fee,
-        Err(e) => {
-            tracing::error!(completion = %stored.id, "charging: {e}");
-            None
-        }
-    }
 }
 
 fn timings(s: &Summary, attribution_s: f64) -> Timings {
@@ -947,9 +929,8 @@ pub async fn attribution(
         if !admin && (c.by.is_none() || c.by != subject) {
             return Err(ServeError::UnknownCompletion(id).into());
         }
-        let a = serving.attribute(&c)?;
         // A completion not yet charged (attribution skipped, or charging failed) is now.
-        charge_logged(&rewards, &c, &a);
+        let (a, _) = attribute_and_charge(&serving, &rewards, &c)?;
         Ok(a)
     })
     .await?;

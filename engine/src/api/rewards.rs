@@ -16,7 +16,7 @@ use crate::rewards::book::{FeeRecord, FeeStatus};
 use crate::rewards::flags::{Flag, FlagRequest};
 use crate::rewards::service::{AccountRewards, Charge};
 use crate::rewards::{ModelTerms, Rewards, RewardsError};
-use crate::serve::service::{CompletionAttribution, StoredCompletion};
+use crate::serve::service::{CompletionAttribution, ServeError, Serving, StoredCompletion};
 
 impl From<RewardsError> for ApiError {
     fn from(e: RewardsError) -> Self {
@@ -36,23 +36,66 @@ impl From<RewardsError> for ApiError {
     }
 }
 
-/// Charges a completion for its attribution (once; a second call returns the first fee).
-pub(crate) fn charge(
+/// What can fail while a completion's attribution and fee are filed together.
+enum Filing {
+    Serve(ServeError),
+    Charge(RewardsError),
+}
+
+impl From<ServeError> for Filing {
+    fn from(e: ServeError) -> Self {
+        Filing::Serve(e)
+    }
+}
+
+/// Makes a completion's attribution records and charges its fee (once: asking again returns
+/// the same records and the first fee), committing the records, the fee and every balance
+/// change in one batch, so a crash leaves all of them or none. The policy runs before any
+/// lock is taken. When charging fails (a storage error; a policy's failure is not one, it
+/// sends the fee to escrow) the records are filed without the fee, which the next ask
+/// charges, and the answer is not failed for it.
+pub(crate) fn attribute_and_charge(
+    serving: &Serving,
     rewards: &Rewards,
     completion: &StoredCompletion,
-    attribution: &CompletionAttribution,
-) -> Result<Option<FeeRecord>, RewardsError> {
-    rewards.charge(&Charge {
+) -> Result<(CompletionAttribution, Option<FeeRecord>), ServeError> {
+    let prepared = serving.prepare_attribution(completion)?;
+    let records: Vec<_> = prepared.records().cloned().collect();
+    let charge = Charge {
         completion: completion.id.clone(),
         model: completion.model.clone(),
         input_tokens: completion.prompt_tokens,
         output_tokens: completion.output.len() as u64,
-        attributions: attribution
-            .parts
-            .iter()
-            .filter_map(|p| p.record.clone())
-            .collect(),
-    })
+        attributions: records.iter().map(|r| r.id.clone()).collect(),
+    };
+    let uncharged = |e: RewardsError| {
+        tracing::error!(completion = %completion.id, "charging: {e}");
+    };
+    let pending = match rewards.prepare_charge(&charge, &records) {
+        Ok(p) => p,
+        Err(e) => {
+            uncharged(e);
+            return Ok((serving.attribute(completion)?, None));
+        }
+    };
+    let book = rewards.lock_book();
+    let mut fee = None;
+    let filed = serving.file_attribution(prepared, |filed, batch| {
+        let ids: Vec<String> = filed.iter().map(|s| s.attribution.id.clone()).collect();
+        fee = rewards
+            .write_charge(&book, pending, &ids, batch)
+            .map_err(Filing::Charge)?;
+        Ok(())
+    });
+    drop(book);
+    match filed {
+        Ok(attribution) => Ok((attribution, fee)),
+        Err(Filing::Serve(e)) => Err(e),
+        Err(Filing::Charge(e)) => {
+            uncharged(e);
+            Ok((serving.attribute(completion)?, None))
+        }
+    }
 }
 
 #[utoipa::path(put, operation_id = "setModelTerms", path = "/v1/models/{id}/terms", tag = "rewards",

@@ -28,6 +28,46 @@ pub struct StoredAttribution {
     pub output: Vec<u32>,
 }
 
+/// An attribution traced and ready to file, or the record its request id already names.
+#[derive(Debug, Clone)]
+pub enum Prepared {
+    Filed(StoredAttribution),
+    New {
+        request_id: String,
+        /// Its epoch is set when it is filed.
+        stored: StoredAttribution,
+    },
+}
+
+impl Prepared {
+    pub fn record(&self) -> &AttributionRecord {
+        match self {
+            Prepared::Filed(s) | Prepared::New { stored: s, .. } => &s.attribution,
+        }
+    }
+}
+
+/// A request id names one attribution: the same request gets the same record back, a
+/// different one under the same id is refused.
+fn same_request(
+    request_id: &str,
+    existing: &StoredAttribution,
+    index: &str,
+    output_hash: &str,
+    params: &TraceParams,
+) -> Result<(), AttributionError> {
+    let a = &existing.attribution;
+    if a.index != index || a.output_hash != output_hash || &a.params != params {
+        return Err(AttributionError::invalid(
+            "request_id",
+            format!(
+                "{request_id:?} was attributed before with another index, output or parameters"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// What a verification found.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Verification {
@@ -269,6 +309,20 @@ impl Attributions {
         index_hash: &str,
         request: &AttributeRequest,
     ) -> Result<StoredAttribution, AttributionError> {
+        let prepared = self.prepare(index_hash, request)?;
+        let mut filed = self.file(vec![prepared], |_, _| Ok::<_, AttributionError>(()))?;
+        filed
+            .pop()
+            .ok_or_else(|| std::io::Error::other("filing returned no record").into())
+    }
+
+    /// Traces an output against an index, filing nothing yet: what [`Self::file`] commits.
+    /// A request id seen before gives its record back, if the request is the same one.
+    pub fn prepare(
+        &self,
+        index_hash: &str,
+        request: &AttributeRequest,
+    ) -> Result<Prepared, AttributionError> {
         let index = self.index(index_hash)?;
         let output = match (&request.text, &request.ids) {
             (Some(_), Some(_)) => {
@@ -304,46 +358,70 @@ impl Attributions {
                 format!("auto-{}", &h.finalize().to_hex()[..32])
             }
         };
-        let output_hash = output_hash(&output);
-        // A request id names one attribution: the same request gets the same record back, a
-        // different one under the same id is refused.
-        let reuse = |existing: StoredAttribution| {
-            let a = &existing.attribution;
-            if a.index != index.meta.hash || a.output_hash != output_hash || a.params != params {
-                return Err(AttributionError::invalid(
-                    "request_id",
-                    format!("{request_id:?} was attributed before with another index, output or parameters"),
-                ));
-            }
-            Ok(existing)
-        };
         if let Some(existing) = self.by_request(&request_id)? {
-            return reuse(existing);
+            same_request(
+                &request_id,
+                &existing,
+                &index.meta.hash,
+                &output_hash(&output),
+                &params,
+            )?;
+            return Ok(Prepared::Filed(existing));
         }
         let trace = index.trace(&output, &params)?;
         let record = AttributionRecord::from_trace(&request_id, &index, &params, &output, &trace);
+        Ok(Prepared::New {
+            request_id,
+            stored: StoredAttribution {
+                attribution: record,
+                epoch: 0,
+                output,
+            },
+        })
+    }
+
+    /// Files prepared attributions in the current epoch, in one batch with what `extra`
+    /// writes (a fee and its balances): they commit together or not at all. `extra` sees
+    /// the records as filed (a request filed meanwhile by someone else gives its record).
+    /// Callers that also hold the rewards book take it first, as closing an epoch does.
+    pub fn file<E: From<AttributionError>>(
+        &self,
+        prepared: Vec<Prepared>,
+        extra: impl FnOnce(&[StoredAttribution], &mut crate::store::Batch<'_>) -> Result<(), E>,
+    ) -> Result<Vec<StoredAttribution>, E> {
         let _guard = self.epoch.lock().unwrap_or_else(|p| p.into_inner());
-        // Checked again under the lock: a concurrent request with the same id may have won.
-        if let Some(existing) = self.by_request(&request_id)? {
-            return reuse(existing);
-        }
         let epoch = self.current_epoch()?;
-        let stored = StoredAttribution {
-            attribution: record,
-            epoch,
-            output,
-        };
-        let id = stored.attribution.id.clone();
         let mut batch = self.store.batch();
-        batch
-            .put_json(CF_ATTRIBUTIONS, record_key(&id), &stored)
-            .map_err(store_error)?;
-        batch.put(CF_ATTRIBUTIONS, request_key(&request_id), id.as_bytes());
-        let mut epoch_key = epoch_prefix(epoch);
-        epoch_key.extend_from_slice(id.as_bytes());
-        batch.put(CF_ATTRIBUTIONS, epoch_key, b"");
+        let mut filed = Vec::with_capacity(prepared.len());
+        for p in prepared {
+            let (request_id, mut stored) = match p {
+                Prepared::Filed(existing) => {
+                    filed.push(existing);
+                    continue;
+                }
+                Prepared::New { request_id, stored } => (request_id, stored),
+            };
+            // Checked again under the lock: a concurrent request with the same id may have won.
+            if let Some(existing) = self.by_request(&request_id)? {
+                let a = &stored.attribution;
+                same_request(&request_id, &existing, &a.index, &a.output_hash, &a.params)?;
+                filed.push(existing);
+                continue;
+            }
+            stored.epoch = epoch;
+            let id = stored.attribution.id.clone();
+            batch
+                .put_json(CF_ATTRIBUTIONS, record_key(&id), &stored)
+                .map_err(store_error)?;
+            batch.put(CF_ATTRIBUTIONS, request_key(&request_id), id.as_bytes());
+            let mut epoch_key = epoch_prefix(epoch);
+            epoch_key.extend_from_slice(id.as_bytes());
+            batch.put(CF_ATTRIBUTIONS, epoch_key, b"");
+            filed.push(stored);
+        }
+        extra(&filed, &mut batch)?;
         batch.commit().map_err(store_error)?;
-        Ok(stored)
+        Ok(filed)
     }
 
     fn by_request(&self, request_id: &str) -> Result<Option<StoredAttribution>, AttributionError> {

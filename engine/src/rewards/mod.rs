@@ -9,11 +9,12 @@
 //! leaves the whole fee in escrow with the reason. Balances accrue per epoch; closing one
 //! freezes them into a payout Merkle tree (`crate::ledger`).
 //!
-//! The attribution record is filed before the fee, in its own batch, under a request id made
-//! of the completion's id: filing it again returns the same record. A crash between the two
-//! leaves a record and no fee, and the next charge of the completion (asking for its
-//! attribution does it) finds the record and commits the fee; it can never leave a fee
-//! without its record, nor a balance without its fee.
+//! A completion's attribution records are filed in the same batch as its fee: the policy
+//! runs on the traced records before any lock is taken, then the records, the fee, the
+//! balances and the histories commit together under the book's lock
+//! (`crate::api::rewards::attribute_and_charge`), so a crash leaves all of them or none. The
+//! records' request ids are made of the completion's id: asking again finds them, and the
+//! fee record keyed by the completion id stops a second charge.
 
 pub mod book;
 pub mod flags;

@@ -1,7 +1,7 @@
 //! The rewards service: charges completions, runs the reward policy, keeps the books.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 
@@ -10,6 +10,7 @@ use super::flags::{Flag, FlagRequest};
 use super::money::{units, Fee};
 use super::terms::ModelTerms;
 use super::RewardsError;
+use crate::attribution::record::AttributionRecord;
 use crate::attribution::service::Attributions;
 use crate::datanet::service::Datanets;
 use crate::identity::Address;
@@ -27,6 +28,26 @@ pub struct Charge {
     pub output_tokens: u64,
     /// The answer's attribution records, one per part that has one (base, adapter).
     pub attributions: Vec<String>,
+}
+
+/// The rewards book held: balances are read and written, and epochs close, under it. Code
+/// that also files attributions takes it first.
+pub struct BookLock<'a> {
+    _held: MutexGuard<'a, ()>,
+}
+
+/// A charge ready to write: what [`Rewards::prepare_charge`] found.
+#[derive(Debug)]
+pub enum PreparedCharge {
+    /// The model has no terms: nothing to record.
+    Free,
+    /// The completion was charged before; its record stands.
+    Charged(FeeRecord),
+    New {
+        record: FeeRecord,
+        /// The policy plugin's state changes, committed with the fee.
+        state: StateChanges,
+    },
 }
 
 /// An account as `GET /v1/accounts/{address}/rewards` shows it.
@@ -123,8 +144,10 @@ impl Rewards {
         self.plugins.as_ref()
     }
 
-    pub(crate) fn lock_book(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    pub(crate) fn lock_book(&self) -> BookLock<'_> {
+        BookLock {
+            _held: self.book.lock().unwrap_or_else(|p| p.into_inner()),
+        }
     }
 
     pub(crate) fn lock_settling(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -182,13 +205,37 @@ impl Rewards {
 
     /// Charges a completion once: its fee, split by the model's terms and policy, committed
     /// with every balance change in one batch. Charging it again returns the first record.
-    /// A model without terms is free: nothing is recorded and `None` comes back.
+    /// A model without terms is free: nothing is recorded and `None` comes back. The
+    /// completion's attribution records must be filed already; a completion charged as its
+    /// records are filed goes through [`Self::prepare_charge`] and [`Self::write_charge`].
     pub fn charge(&self, charge: &Charge) -> Result<Option<FeeRecord>, RewardsError> {
+        let records: Vec<AttributionRecord> = charge
+            .attributions
+            .iter()
+            .map(|id| self.attributions.get(id).map(|s| s.attribution))
+            .collect::<Result<_, _>>()
+            .map_err(io)?;
+        let prepared = self.prepare_charge(charge, &records)?;
+        let book = self.lock_book();
+        let mut batch = self.store.batch();
+        let fee = self.write_charge(&book, prepared, &charge.attributions, &mut batch)?;
+        batch.commit()?;
+        Ok(fee)
+    }
+
+    /// Everything of a charge that can be done before the books are locked: the fee, and
+    /// the policy's split of its pool over `records` (the completion's attribution records,
+    /// filed or about to be).
+    pub fn prepare_charge(
+        &self,
+        charge: &Charge,
+        records: &[AttributionRecord],
+    ) -> Result<PreparedCharge, RewardsError> {
         if let Some(done) = self.fee(&charge.completion)? {
-            return Ok(Some(done));
+            return Ok(PreparedCharge::Charged(done));
         }
         let Some(terms) = self.terms(&charge.model)? else {
-            return Ok(None);
+            return Ok(PreparedCharge::Free);
         };
         let fee = Fee::of(
             &terms.price,
@@ -198,7 +245,7 @@ impl Rewards {
         )?;
         let mut state = StateChanges::default();
         // The policy runs outside the book's lock: a slow plugin holds up nobody else.
-        let split = self.split_pool(charge, &terms, fee.pool, &mut state)?;
+        let split = self.split_pool(records, &terms, fee.pool, &mut state)?;
         let mut record = FeeRecord {
             completion: charge.completion.clone(),
             model: charge.model.clone(),
@@ -230,14 +277,14 @@ impl Rewards {
             }
         }
         record.check().map_err(RewardsError::Conservation)?;
-        self.commit(record, &state).map(Some)
+        Ok(PreparedCharge::New { record, state })
     }
 
     /// The pool's payouts, or why the fee goes to escrow. `Err` of the outer result is an
     /// engine failure (storage), which charges nothing and may be retried.
     fn split_pool(
         &self,
-        charge: &Charge,
+        records: &[AttributionRecord],
         terms: &ModelTerms,
         pool: u128,
         state: &mut StateChanges,
@@ -246,7 +293,7 @@ impl Rewards {
         if pool == 0 {
             return Ok(Ok(Vec::new()));
         }
-        let entries = self.entries(&charge.attributions)?;
+        let entries = self.entries(records)?;
         if entries.is_empty() {
             // Nobody's data is known to have shaped the answer.
             return Ok(Ok(vec![Payout {
@@ -259,7 +306,11 @@ impl Rewards {
         let request = Distribution {
             pool,
             fallback: fallback.clone(),
-            attribution_id: charge.attributions.join(","),
+            attribution_id: records
+                .iter()
+                .map(|r| r.id.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
             penalties: self.penalties(&contributors)?,
             entries,
         };
@@ -324,15 +375,10 @@ impl Rewards {
     /// The policy's entries: every scored record of each attribution, each part weighted
     /// equally (each record's share of its part over the number of parts), with the
     /// record's quality.
-    fn entries(&self, attributions: &[String]) -> Result<Vec<Entry>, RewardsError> {
-        let records: Vec<_> = attributions
-            .iter()
-            .map(|id| self.attributions.get(id).map(|s| s.attribution))
-            .collect::<Result<_, _>>()
-            .map_err(io)?;
+    fn entries(&self, records: &[AttributionRecord]) -> Result<Vec<Entry>, RewardsError> {
         let parts = records.iter().filter(|r| !r.records.is_empty()).count() as f64;
         let mut entries = Vec::new();
-        for record in &records {
+        for record in records {
             let datanet = record.datanet.clone().unwrap_or_default();
             let ids: Vec<&str> = record
                 .records
@@ -358,17 +404,27 @@ impl Rewards {
         Ok(entries)
     }
 
-    /// Commits a fee record with its balance changes, unless the completion was charged in
-    /// the meantime (then the first record stands and is returned).
-    fn commit(
+    /// Writes a prepared charge into `batch` (the fee record, every balance change, the
+    /// account histories and the policy's state), under the book's lock, which `_book`
+    /// proves is held until the batch commits. `attributions` are the ids of the records as
+    /// filed. A completion charged in the meantime keeps its first record, which comes
+    /// back, and nothing is written.
+    pub fn write_charge(
         &self,
-        mut record: FeeRecord,
-        state: &StateChanges,
-    ) -> Result<FeeRecord, RewardsError> {
-        let _book = self.lock_book();
+        _book: &BookLock<'_>,
+        prepared: PreparedCharge,
+        attributions: &[String],
+        batch: &mut crate::store::Batch<'_>,
+    ) -> Result<Option<FeeRecord>, RewardsError> {
+        let (mut record, state) = match prepared {
+            PreparedCharge::Free => return Ok(None),
+            PreparedCharge::Charged(done) => return Ok(Some(done)),
+            PreparedCharge::New { record, state } => (record, state),
+        };
         if let Some(done) = self.fee(&record.completion)? {
-            return Ok(done);
+            return Ok(Some(done));
         }
+        record.attributions = attributions.to_vec();
         record.epoch = self.attributions.current_epoch().map_err(io)?;
         // One account may be paid under two roles (the owner is also the fallback): each
         // account's credits are summed first, so its balance is read and written once.
@@ -383,7 +439,6 @@ impl Rewards {
                 .ok_or_else(|| RewardsError::Conservation(format!("{} overflows", p.account)))?;
             c.2.push(p.role.clone());
         }
-        let mut batch = self.store.batch();
         for (account, amount, roles) in credits.into_values() {
             let mut totals: AccountTotals = self
                 .store
@@ -417,9 +472,8 @@ impl Rewards {
             )?;
         }
         batch.put_json(CF_REWARDS, book::fee_key(&record.completion), &record)?;
-        state.write_to(&self.store, &mut batch)?;
-        batch.commit()?;
-        Ok(record)
+        state.write_to(&self.store, batch)?;
+        Ok(Some(record))
     }
 
     /// Fee records in completion-id order, optionally of one status, at most `limit`.

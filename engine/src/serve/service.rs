@@ -14,8 +14,9 @@ use super::decoder::for_base;
 use super::engine::{Engine, EngineConfig};
 use super::lora::Lora;
 use super::matrix::Precision;
-use crate::attribution::record::{ScoredContributor, ScoredRecord};
-use crate::attribution::service::{AttributeRequest, Attributions};
+use crate::attribution::record::{AttributionRecord, ScoredContributor, ScoredRecord};
+use crate::attribution::service::{AttributeRequest, Attributions, Prepared, StoredAttribution};
+use crate::attribution::AttributionError;
 use crate::attribution::Tokenizer;
 use crate::model::adapter::{self, AdapterConfig};
 use crate::model::base::Base;
@@ -189,6 +190,34 @@ impl AttributionPart {
             score_unit: crate::attribution::trace::SCORE_UNIT,
             note,
         }
+    }
+}
+
+/// A completion's attribution traced but not filed: its parts, and the records to file for
+/// those that have an index.
+pub struct PreparedAttribution {
+    pub id: String,
+    parts: Vec<AttributionPart>,
+    /// (part slot, prepared record).
+    traced: Vec<(usize, Prepared)>,
+}
+
+impl PreparedAttribution {
+    /// The records the parts will have, in part order.
+    pub fn records(&self) -> impl Iterator<Item = &AttributionRecord> {
+        self.traced.iter().map(|(_, p)| p.record())
+    }
+}
+
+/// A failure while filing: the attribution service's own, or the caller's extra writes'.
+enum Filing<E> {
+    Attribution(AttributionError),
+    Extra(E),
+}
+
+impl<E> From<AttributionError> for Filing<E> {
+    fn from(e: AttributionError) -> Self {
+        Filing::Attribution(e)
     }
 }
 
@@ -608,7 +637,17 @@ impl Serving {
     /// The attribution of a completion, each part's record made (once: the record's request
     /// id is the completion's id and the part, so asking again returns the same record).
     pub fn attribute(&self, c: &StoredCompletion) -> Result<CompletionAttribution, ServeError> {
+        let prepared = self.prepare_attribution(c)?;
+        self.file_attribution(prepared, |_, _| Ok::<_, ServeError>(()))
+    }
+
+    /// Traces each part of a completion's answer, filing nothing yet.
+    pub fn prepare_attribution(
+        &self,
+        c: &StoredCompletion,
+    ) -> Result<PreparedAttribution, ServeError> {
         let mut parts = Vec::new();
+        let mut traced = Vec::new();
         for s in &c.sources {
             let mut part = AttributionPart::unmade(s, None);
             match (&s.datanet, &s.index) {
@@ -634,21 +673,50 @@ impl Serving {
                         ids: s.same_tokenizer.then(|| c.output.clone()),
                         ..AttributeRequest::default()
                     };
-                    let stored = self
-                        .attributions
-                        .attribute(index, &request)
-                        .map_err(failed)?;
-                    let a = stored.attribution;
-                    part.record = Some(a.id.clone());
-                    part.records = a.records.into_iter().take(TOP).collect();
-                    part.contributors = a.contributors.into_iter().take(TOP).collect();
-                    part.score_unit = a.score_unit;
+                    let p = self.attributions.prepare(index, &request).map_err(failed)?;
+                    traced.push((parts.len(), p));
                 }
             }
             parts.push(part);
         }
-        Ok(CompletionAttribution {
+        Ok(PreparedAttribution {
             id: c.id.clone(),
+            parts,
+            traced,
+        })
+    }
+
+    /// Files a prepared attribution's records, with what `extra` writes in the same batch.
+    pub fn file_attribution<E: From<ServeError>>(
+        &self,
+        prepared: PreparedAttribution,
+        extra: impl FnOnce(&[StoredAttribution], &mut crate::store::Batch<'_>) -> Result<(), E>,
+    ) -> Result<CompletionAttribution, E> {
+        let PreparedAttribution {
+            id,
+            mut parts,
+            traced,
+        } = prepared;
+        let (slots, records): (Vec<usize>, Vec<Prepared>) = traced.into_iter().unzip();
+        let filed = self
+            .attributions
+            .file(records, |filed, batch| {
+                extra(filed, batch).map_err(Filing::Extra)
+            })
+            .map_err(|e| match e {
+                Filing::Attribution(a) => E::from(failed(a)),
+                Filing::Extra(e) => e,
+            })?;
+        for (slot, stored) in slots.into_iter().zip(filed) {
+            let a = stored.attribution;
+            let part = &mut parts[slot];
+            part.record = Some(a.id.clone());
+            part.records = a.records.into_iter().take(TOP).collect();
+            part.contributors = a.contributors.into_iter().take(TOP).collect();
+            part.score_unit = a.score_unit;
+        }
+        Ok(CompletionAttribution {
+            id,
             status: "complete".into(),
             parts,
         })
