@@ -13,6 +13,7 @@ contract TributaryDistributor {
 
     mapping(uint64 epoch => bytes32) public roots;
     mapping(uint64 epoch => uint256) public totals;
+    mapping(uint64 epoch => uint256) public paid;
     mapping(uint64 epoch => bool) public published;
     mapping(uint64 epoch => mapping(address account => bool)) public claimed;
 
@@ -25,6 +26,7 @@ contract TributaryDistributor {
     error UnknownEpoch(uint64 epoch);
     error AlreadyClaimed(uint64 epoch, address account);
     error InvalidProof();
+    error OverPaid(uint64 epoch, uint256 paid, uint256 total);
     error TransferFailed(address account);
 
     constructor(address operator_) {
@@ -49,6 +51,10 @@ contract TributaryDistributor {
         if (claimed[epoch][account]) revert AlreadyClaimed(epoch, account);
         bytes32 leaf = keccak256(bytes.concat(keccak256(abi.encode(account, amount))));
         if (!MerkleProof.verify(proof, roots[epoch], leaf)) revert InvalidProof();
+        // Each epoch pays out of its own funding, whatever its root says.
+        uint256 total = paid[epoch] + amount;
+        if (total > totals[epoch]) revert OverPaid(epoch, total, totals[epoch]);
+        paid[epoch] = total;
         claimed[epoch][account] = true;
         emit Claimed(epoch, account, amount);
         (bool sent,) = account.call{value: amount}("");

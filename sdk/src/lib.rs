@@ -51,9 +51,10 @@ pub mod validator;
 
 pub use capabilities::{config, http, kv, log, signer};
 
-/// The version of the WIT package this SDK implements, stamped into every component it
-/// builds (custom section [`API_VERSION_SECTION`]); the engine reads it before loading.
-/// Validators and reward policies use 0.1.0's worlds, ledger adapters 0.1.1's.
+/// The newest version of the WIT package this SDK implements. Each component it builds is
+/// stamped (custom section [`API_VERSION_SECTION`]) with its world's version, which the
+/// engine reads before loading: 0.1.0 for validators and reward policies, whose worlds
+/// 0.1.1 left as they were, and 0.1.1 for ledger adapters.
 pub const API_VERSION: &str = "0.1.1";
 /// Name of the custom section that carries [`API_VERSION`].
 pub const API_VERSION_SECTION: &str = "tributary-api-version";

@@ -14,7 +14,7 @@ use crate::auth::Principal;
 use crate::ledger::{self, Claim, ClosedEpoch, LedgerSettings};
 use crate::rewards::book::{FeeRecord, FeeStatus};
 use crate::rewards::flags::{Flag, FlagRequest};
-use crate::rewards::service::{AccountRewards, Charge};
+use crate::rewards::service::{AccountRewards, Charge, PreparedCharge};
 use crate::rewards::{ModelTerms, Rewards, RewardsError};
 use crate::serve::service::{CompletionAttribution, ServeError, Serving, StoredCompletion};
 
@@ -48,6 +48,14 @@ impl From<ServeError> for Filing {
     }
 }
 
+/// Files records with no other writes.
+fn nothing(
+    _: &[crate::attribution::service::StoredAttribution],
+    _: &mut crate::store::Batch<'_>,
+) -> Result<(), ServeError> {
+    Ok(())
+}
+
 /// Makes a completion's attribution records and charges its fee (once: asking again returns
 /// the same records and the first fee), committing the records, the fee and every balance
 /// change in one batch, so a crash leaves all of them or none. The policy runs before any
@@ -72,12 +80,18 @@ pub(crate) fn attribute_and_charge(
         tracing::error!(completion = %completion.id, "charging: {e}");
     };
     let pending = match rewards.prepare_charge(&charge, &records) {
+        // Asked again: the records and the fee are there, and nothing is locked or written.
+        Ok(PreparedCharge::Charged(fee)) if prepared.is_filed() => {
+            return Ok((serving.file_attribution(prepared, nothing)?, Some(fee)));
+        }
         Ok(p) => p,
         Err(e) => {
             uncharged(e);
-            return Ok((serving.attribute(completion)?, None));
+            return Ok((serving.file_attribution(prepared, nothing)?, None));
         }
     };
+    // Kept for filing the records alone should the charge fail to write.
+    let again = prepared.clone();
     let book = rewards.lock_book();
     let mut fee = None;
     let filed = serving.file_attribution(prepared, |filed, batch| {
@@ -93,7 +107,7 @@ pub(crate) fn attribute_and_charge(
         Err(Filing::Serve(e)) => Err(e),
         Err(Filing::Charge(e)) => {
             uncharged(e);
-            Ok((serving.attribute(completion)?, None))
+            Ok((serving.file_attribution(again, nothing)?, None))
         }
     }
 }
@@ -332,13 +346,11 @@ pub async fn sync_claims(
     let rewards = app.rewards.clone();
     let synced =
         blocking(move || ledger::claims::sync(&rewards, n).map_err(ApiError::from)).await?;
-    let rewards = app.rewards.clone();
-    let closed = blocking(move || ledger::epochs::get(&rewards, n).map_err(ApiError::from)).await?;
     Ok(Json(match synced {
-        ledger::claims::Synced::NotTracked => ClaimsSync {
+        ledger::claims::Synced::NotTracked { claimed } => ClaimsSync {
             epoch: n,
             tracked: false,
-            claimed: closed.claimed,
+            claimed,
             changed: 0,
         },
         ledger::claims::Synced::Claims { claimed, changed } => ClaimsSync {
@@ -387,30 +399,42 @@ pub async fn set_ledger(
     ))
 }
 
-/// Seconds between the background asks of settled epochs' ledgers for claims.
-const CLAIMS_EVERY_S: u64 = 30;
+/// How often the background asks settled epochs' ledgers for claims.
+const CLAIMS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Retries due settlements in the background for as long as the server runs, and books
 /// what ledgers report claimed.
 pub fn spawn_settlements(rewards: std::sync::Arc<Rewards>) {
-    const SETTLE_EVERY_S: u64 = 2;
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(SETTLE_EVERY_S));
-        for n in 0u64.. {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+        let mut claims_asked: Option<std::time::Instant> = None;
+        loop {
             tick.tick().await;
             let r = rewards.clone();
-            let claims = n % (CLAIMS_EVERY_S / SETTLE_EVERY_S) == 0;
+            let claims = claims_asked.is_none_or(|t| t.elapsed() >= CLAIMS_EVERY);
+            if claims {
+                claims_asked = Some(std::time::Instant::now());
+            }
+            // Each part runs whatever the other's outcome.
             let work = move || {
-                ledger::settle::due(&r)?;
-                if claims {
-                    ledger::claims::sync_all(&r)?;
-                }
-                Ok::<_, RewardsError>(())
+                let settled = ledger::settle::due(&r).map(drop);
+                let claimed = if claims {
+                    ledger::claims::sync_all(&r).map(drop)
+                } else {
+                    Ok(())
+                };
+                (settled, claimed)
             };
             match tokio::task::spawn_blocking(work).await {
-                Ok(Err(e)) => tracing::warn!("settling due epochs: {e}"),
+                Ok((settled, claimed)) => {
+                    if let Err(e) = settled {
+                        tracing::warn!("settling due epochs: {e}");
+                    }
+                    if let Err(e) = claimed {
+                        tracing::warn!("reading claims: {e}");
+                    }
+                }
                 Err(e) => tracing::warn!("the settlement worker failed: {e}"),
-                Ok(Ok(())) => {}
             }
         }
     });

@@ -384,12 +384,14 @@ impl Attributions {
     /// writes (a fee and its balances): they commit together or not at all. `extra` sees
     /// the records as filed (a request filed meanwhile by someone else gives its record).
     /// Callers that also hold the rewards book take it first, as closing an epoch does.
+    /// When nothing is new and `extra` writes nothing, nothing is locked or committed.
     pub fn file<E: From<AttributionError>>(
         &self,
         prepared: Vec<Prepared>,
         extra: impl FnOnce(&[StoredAttribution], &mut crate::store::Batch<'_>) -> Result<(), E>,
     ) -> Result<Vec<StoredAttribution>, E> {
-        let _guard = self.epoch.lock().unwrap_or_else(|p| p.into_inner());
+        let any_new = prepared.iter().any(|p| matches!(p, Prepared::New { .. }));
+        let _guard = any_new.then(|| self.epoch.lock().unwrap_or_else(|p| p.into_inner()));
         let epoch = self.current_epoch()?;
         let mut batch = self.store.batch();
         let mut filed = Vec::with_capacity(prepared.len());
@@ -420,7 +422,9 @@ impl Attributions {
             filed.push(stored);
         }
         extra(&filed, &mut batch)?;
-        batch.commit().map_err(store_error)?;
+        if !batch.is_empty() {
+            batch.commit().map_err(store_error)?;
+        }
         Ok(filed)
     }
 

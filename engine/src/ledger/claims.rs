@@ -3,7 +3,9 @@
 //! that settled the epoch, where it exports 0.1.1's `claims`, and books what it reports:
 //! per account and epoch under `claimed/`, summed into the account's `claimed` and the
 //! epoch's. The ledger is the truth: a report replaces the last one (a claim undone by a
-//! chain reorganisation is undone here too), but never beyond what the epoch owes.
+//! chain reorganisation is undone here too), but never beyond what the epoch owes. The
+//! background task asks only epochs with something left to claim whose ledger tracks
+//! claims; `POST /v1/epochs/{n}/claims/sync` asks any settled epoch.
 
 use std::collections::BTreeMap;
 
@@ -20,8 +22,9 @@ use crate::store::CF_REWARDS;
 /// The outcome of asking one epoch's ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Synced {
-    /// The epoch is not settled yet, or its ledger keeps no record of claims.
-    NotTracked,
+    /// The epoch is not settled yet, or its ledger keeps no record of claims; what was
+    /// booked before stands.
+    NotTracked { claimed: u128 },
     /// The claims now booked, and how many accounts' changed.
     Claims { claimed: u128, changed: usize },
 }
@@ -72,16 +75,22 @@ fn checked(
 
 /// Asks the ledger of `epoch` what has been claimed and books it.
 pub fn sync(rewards: &Rewards, epoch: u64) -> Result<Synced, RewardsError> {
+    // One ask at a time, each report booked before the next is made: an older report never
+    // lands over a newer one.
+    let _settling = rewards.lock_settling();
     let closed = epochs::get(rewards, epoch)?;
+    let untracked = Synced::NotTracked {
+        claimed: closed.claimed,
+    };
     let Some(state) = closed.settlement.as_ref() else {
-        return Ok(Synced::NotTracked);
+        return Ok(untracked);
     };
     let Some(receipt) = state
         .receipt
         .as_ref()
         .filter(|_| state.status == SettlementStatus::Settled)
     else {
-        return Ok(Synced::NotTracked);
+        return Ok(untracked);
     };
     let config = settled_config(rewards, epoch, &state.adapter).map_err(RewardsError::Ledger)?;
     let report = with_adapter(
@@ -95,20 +104,21 @@ pub fn sync(rewards: &Rewards, epoch: u64) -> Result<Synced, RewardsError> {
     )
     .map_err(RewardsError::Ledger)?;
     let Some(report) = report else {
-        return Ok(Synced::NotTracked);
+        rewards.claims_untracked(epoch);
+        return Ok(untracked);
     };
     let owed: BTreeMap<String, u128> = earnings(rewards, epoch)?
         .into_iter()
         .map(|(a, u)| (a.to_checksum(), u))
         .collect();
     let claims = checked(epoch, &state.adapter, &owed, report)?;
-    book_claims(rewards, &closed, &owed, &claims)
+    book_claims(rewards, closed, &owed, &claims)
 }
 
 /// Writes `claims` (the whole report for the epoch) over the last one, in one batch.
 fn book_claims(
     rewards: &Rewards,
-    closed: &ClosedEpoch,
+    mut closed: ClosedEpoch,
     owed: &BTreeMap<String, u128>,
     claims: &BTreeMap<String, u128>,
 ) -> Result<Synced, RewardsError> {
@@ -134,13 +144,23 @@ fn book_claims(
             .unwrap_or_default();
         // Both stay within what the account earned: `now` is at most the epoch's share,
         // and `before` was booked the same way.
-        totals.claimed = totals.claimed - before + now;
+        totals.claimed = totals
+            .claimed
+            .checked_sub(before)
+            .and_then(|c| c.checked_add(now))
+            .ok_or_else(|| {
+                RewardsError::Conservation(format!(
+                    "{account}'s claimed total {} cannot take back {before}",
+                    totals.claimed
+                ))
+            })?;
         batch.put_json(CF_REWARDS, account_key, &totals)?;
         batch.put(CF_REWARDS, key, now.to_string());
     }
     let claimed = claims.values().sum();
     if changed > 0 || closed.claimed != claimed {
-        let mut closed = epochs::get(rewards, epoch)?;
+        // The epoch as read before the adapter was asked: only settling changes it, and
+        // settling holds the lock this ask holds.
         closed.claimed = claimed;
         batch.put_json(CF_REWARDS, book::epoch_key(epoch), &closed)?;
     }
@@ -157,12 +177,13 @@ pub fn sync_all(rewards: &Rewards) -> Result<usize, RewardsError> {
             .settlement
             .as_ref()
             .is_some_and(|s| s.status == SettlementStatus::Settled);
-        if !settled || closed.claimed == closed.total {
+        let done = closed.claimed == closed.total;
+        if !settled || done || rewards.is_claims_untracked(closed.epoch) {
             continue;
         }
         match sync(rewards, closed.epoch) {
             Ok(Synced::Claims { changed: n, .. }) => changed += n,
-            Ok(Synced::NotTracked) => {}
+            Ok(Synced::NotTracked { .. }) => {}
             Err(e) => tracing::warn!(epoch = closed.epoch, "reading claims: {e}"),
         }
     }

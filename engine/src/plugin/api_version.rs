@@ -6,10 +6,8 @@ use super::manifest::PluginKind;
 
 /// Custom section the SDK writes the API version into.
 pub const SECTION: &str = "tributary-api-version";
-/// The newest version this engine implements. Within 0.1, minor releases only add new
-/// interfaces, which the host probes for, so every 0.1.x component loads. 0.1.1 added
-/// `claims` for ledger adapters.
-pub const CURRENT: &str = "0.1.1";
+// Within 0.1, minor releases only add new interfaces, which the host probes for, so every
+// 0.1.x component loads; the newest is 0.1.1, which added `claims` for ledger adapters.
 pub const SUPPORTED: &str = "0.1.0 to 0.1.x";
 
 /// `Ok` when `version` is one this engine loads; otherwise why not.

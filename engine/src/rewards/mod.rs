@@ -14,7 +14,9 @@
 //! balances and the histories commit together under the book's lock
 //! (`crate::api::rewards::attribute_and_charge`), so a crash leaves all of them or none. The
 //! records' request ids are made of the completion's id: asking again finds them, and the
-//! fee record keyed by the completion id stops a second charge.
+//! fee record keyed by the completion id stops a second charge. Should the charge fail to
+//! write (storage; a policy's failure is not one, it sends the fee to escrow), the records
+//! are filed alone and the next ask of the completion charges it.
 
 pub mod book;
 pub mod flags;

@@ -96,8 +96,11 @@ pub struct Rewards {
     /// epoch that has closed.
     book: Mutex<()>,
     /// Held through a settlement attempt, so that the retry task and a request never settle
-    /// the same epoch at once.
+    /// the same epoch at once, and through an ask of a ledger for claims.
     settling: Mutex<()>,
+    /// Settled epochs whose ledger answered that it keeps no record of claims: the
+    /// background task stops asking them (until a restart).
+    claims_untracked: Mutex<std::collections::BTreeSet<u64>>,
 }
 
 fn now() -> i64 {
@@ -123,6 +126,7 @@ impl Rewards {
             plugins,
             book: Mutex::new(()),
             settling: Mutex::new(()),
+            claims_untracked: Mutex::new(Default::default()),
         }
     }
 
@@ -148,6 +152,20 @@ impl Rewards {
         BookLock {
             _held: self.book.lock().unwrap_or_else(|p| p.into_inner()),
         }
+    }
+
+    pub(crate) fn claims_untracked(&self, epoch: u64) {
+        self.claims_untracked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(epoch);
+    }
+
+    pub(crate) fn is_claims_untracked(&self, epoch: u64) -> bool {
+        self.claims_untracked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&epoch)
     }
 
     pub(crate) fn lock_settling(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -570,16 +588,32 @@ impl Rewards {
             .parse()
             .map_err(|e| RewardsError::invalid("address", format!("{e}")))?;
         let checksum = parsed.to_checksum();
-        let epoch = self.attributions.current_epoch().map_err(io)?;
-        let totals: AccountTotals = self
-            .store
-            .get_json(CF_REWARDS, book::account_key(&checksum).as_bytes())?
-            .unwrap_or_default();
-        let pending = self
-            .store
-            .get(CF_REWARDS, book::earn_key(epoch, &checksum).as_bytes())?
-            .and_then(|v| book::parse_units(&v))
-            .unwrap_or(0);
+        // Totals and the open epoch's earnings are read together, under the book: a charge
+        // or claim booked between the two reads would make them disagree.
+        let (epoch, totals, pending) = {
+            let _book = self.lock_book();
+            let epoch = self.attributions.current_epoch().map_err(io)?;
+            let totals: AccountTotals = self
+                .store
+                .get_json(CF_REWARDS, book::account_key(&checksum).as_bytes())?
+                .unwrap_or_default();
+            let pending = self
+                .store
+                .get(CF_REWARDS, book::earn_key(epoch, &checksum).as_bytes())?
+                .and_then(|v| book::parse_units(&v))
+                .unwrap_or(0);
+            (epoch, totals, pending)
+        };
+        let balance = totals
+            .earned
+            .checked_sub(pending)
+            .and_then(|b| b.checked_sub(totals.claimed))
+            .ok_or_else(|| {
+                RewardsError::Conservation(format!(
+                    "{checksum} earned {} but has {pending} pending and {} claimed",
+                    totals.earned, totals.claimed
+                ))
+            })?;
         let mut payments: Vec<Payment> = self
             .store
             .scan_prefix_json(CF_REWARDS, book::payment_prefix(&checksum).as_bytes())?;
@@ -587,7 +621,7 @@ impl Rewards {
         payments.truncate(limit);
         Ok(AccountRewards {
             address: checksum,
-            balance: totals.earned - pending - totals.claimed,
+            balance,
             pending,
             claimed: totals.claimed,
             earned: totals.earned,

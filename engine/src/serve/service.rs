@@ -195,6 +195,7 @@ impl AttributionPart {
 
 /// A completion's attribution traced but not filed: its parts, and the records to file for
 /// those that have an index.
+#[derive(Clone)]
 pub struct PreparedAttribution {
     pub id: String,
     parts: Vec<AttributionPart>,
@@ -206,6 +207,13 @@ impl PreparedAttribution {
     /// The records the parts will have, in part order.
     pub fn records(&self) -> impl Iterator<Item = &AttributionRecord> {
         self.traced.iter().map(|(_, p)| p.record())
+    }
+
+    /// Whether every record is filed already (the completion was attributed before).
+    pub fn is_filed(&self) -> bool {
+        self.traced
+            .iter()
+            .all(|(_, p)| matches!(p, Prepared::Filed(_)))
     }
 }
 

@@ -35,6 +35,13 @@ pub fn roots(epoch: u64) -> Vec<u8> {
     data
 }
 
+/// `published(uint64 epoch)`, the public mapping's getter.
+pub fn published(epoch: u64) -> Vec<u8> {
+    let mut data = selector("published(uint64)").to_vec();
+    data.extend_from_slice(&word(epoch.into()));
+    data
+}
+
 /// topic0 of `RootPublished(uint64 indexed epoch, bytes32 root, uint256 total)`.
 pub fn root_published_topic() -> [u8; 32] {
     keccak(b"RootPublished(uint64,bytes32,uint256)")

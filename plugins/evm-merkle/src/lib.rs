@@ -24,10 +24,6 @@ use serde_json::{json, Value};
 use tributary_sdk::ledger::{LedgerAdapter, Receipt, Settlement};
 use tx::LegacyTx;
 
-/// How many times a sent transaction's receipt is asked for before the attempt is left to
-/// the engine's retry; nodes that mine on arrival answer the first.
-const RECEIPT_POLLS: usize = 20;
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -177,6 +173,23 @@ fn publish(
         ));
     }
     let data = abi::publish(settlement.epoch, root, settlement.total);
+    // Tried first as a call: a publication the contract would refuse (not the operator,
+    // wrong funding) fails here, naming why, instead of spending gas on every retry.
+    rpc.call(
+        "eth_call",
+        json!([{
+            "from": operator,
+            "to": config.contract,
+            "value": quantity(settlement.total),
+            "data": hex0x(&data),
+        }, "latest"]),
+    )
+    .map_err(|e| {
+        format!(
+            "the contract would refuse publishing epoch {}: {e}",
+            settlement.epoch
+        )
+    })?;
     let gas = match config.gas_limit {
         Some(g) => g,
         None => {
@@ -207,21 +220,19 @@ fn publish(
         .as_str()
         .map(str::to_string)
         .ok_or("eth_sendRawTransaction answered no hash")?;
-    for _ in 0..RECEIPT_POLLS {
-        if let Some(receipt) = rpc.receipt(&hash)? {
-            if !rpc::succeeded(&receipt) {
-                return Err(format!(
-                    "transaction {hash} publishing epoch {} reverted",
-                    settlement.epoch
-                ));
-            }
-            return Ok(hash);
-        }
+    // A node that mines on arrival has the receipt now; on a chain with block times the
+    // attempt ends here and the engine's retry finds the publication in the logs.
+    match rpc.receipt(&hash)? {
+        Some(receipt) if rpc::succeeded(&receipt) => Ok(hash),
+        Some(_) => Err(format!(
+            "transaction {hash} publishing epoch {} reverted",
+            settlement.epoch
+        )),
+        None => Err(format!(
+            "transaction {hash} publishing epoch {} is sent and not mined yet; settling again finds it",
+            settlement.epoch
+        )),
     }
-    Err(format!(
-        "transaction {hash} publishing epoch {} is sent and not mined yet; settling again finds it",
-        settlement.epoch
-    ))
 }
 
 fn check_chain(rpc: &Rpc, config: &Config) -> Result<(), String> {
@@ -264,9 +275,22 @@ impl LedgerAdapter for EvmMerkle {
             matches(&p, &root, settlement)?;
             return receipt_of(config, settlement, &p);
         }
+        // The contract's own word, should the log search have missed the publication.
+        let published = rpc.eth_call(&config.contract, &abi::published(settlement.epoch))?;
+        if published.last() == Some(&1) {
+            return Err(format!(
+                "the contract has epoch {} published, but no RootPublished log from block {} on \
+                 shows it: is from_block after the publication?",
+                settlement.epoch, config.from_block
+            ));
+        }
         let hash = publish(&rpc, config, settlement, &root)?;
         let p = find_publication(&rpc, config, settlement.epoch)?.ok_or_else(|| {
-            format!("transaction {hash} succeeded but the contract logged no RootPublished for epoch {}", settlement.epoch)
+            format!(
+                "transaction {hash} published epoch {} but the node shows no RootPublished log \
+                 for it yet; settling again looks again",
+                settlement.epoch
+            )
         })?;
         matches(&p, &root, settlement)?;
         receipt_of(config, settlement, &p)

@@ -54,14 +54,14 @@ impl LegacyTx {
     /// The raw signed transaction, given the 65-byte signature (r, s, v with v 27 or 28)
     /// over [`Self::signing_hash`].
     pub fn signed(&self, chain_id: u64, signature: &[u8]) -> Result<Vec<u8>, String> {
-        let [.., v] = signature else {
-            return Err("the signer returned an empty signature".into());
-        };
-        if signature.len() != 65 || !(27..=28).contains(v) {
+        let (65, Some(v)) = (signature.len(), signature.last()) else {
             return Err(format!(
-                "the signer returned {} bytes, not r, s and v",
+                "the signer returned {} bytes, not the 65 of r, s and v",
                 signature.len()
             ));
+        };
+        if !(27..=28).contains(v) {
+            return Err(format!("the signer returned v = {v}, not 27 or 28"));
         }
         let v = u64::from(v - 27) + chain_id * 2 + 35;
         let (r, s) = (trimmed(&signature[..32]), trimmed(&signature[32..64]));
