@@ -1069,6 +1069,27 @@ fn epochs_settle_on_a_local_evm_chain_where_every_claim_pays_once() {
     let synced = server.cli_json(Some(admin), &["epochs", "sync-claims", "2"]);
     assert_eq!(synced["tracked"], false, "{synced}");
 
+    // An operator deploys a distributor of their own with contracts/deploy.mjs and gets the
+    // ledger config for it, which the server takes.
+    let out = std::process::Command::new("node")
+        .arg(common::repo_root().join("contracts/deploy.mjs"))
+        .arg(chain.info["rpc_url"].as_str().expect("rpc url"))
+        .arg(s._dir.path().join("signer.key"))
+        .output()
+        .expect("node contracts/deploy.mjs");
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let deployed: Value = serde_json::from_slice(&out.stdout).expect("deploy.mjs prints JSON");
+    assert_eq!(deployed["adapter"], "evm-merkle", "{deployed}");
+    assert_eq!(deployed["config"]["chain_id"], 31337, "{deployed}");
+    assert_ne!(deployed["config"]["contract"], chain.info["distributor"]);
+    assert!(
+        deployed["config"]["from_block"]
+            .as_u64()
+            .is_some_and(|b| b > 0),
+        "{deployed}"
+    );
+    ok(server, admin, "PUT", "/v1/ledger", Some(&deployed));
+
     // Checked offline against the chain: the CLI asks the node through the same adapter.
     let data = s.data.clone();
     let mut s = s;

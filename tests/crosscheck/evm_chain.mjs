@@ -12,16 +12,14 @@
 //   {"op": "publish", "epoch", "root", "total"}  (by the operator)  -> {tx} | {error}
 //   {"op": "balance", "account"}  ("distributor" for the contract) -> {balance}
 //   {"op": "snapshot"} -> {id};  {"op": "revert", "id"} -> {reverted}  (the chain as it was)
-import { createRequire } from "node:module";
-import { readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
+import { createRequire } from "node:module";
+import { compile, deploy, ethers } from "../../contracts/solidity.mjs";
 
 const require = createRequire(import.meta.url);
 const ganache = require("ganache");
-const solc = require("solc");
-const { ethers } = require("ethers");
 
 const here = dirname(fileURLToPath(import.meta.url));
 const CHAIN_ID = 31337;
@@ -33,30 +31,6 @@ if (!port || !operatorKey) {
 const secret = operatorKey.startsWith("0x") ? operatorKey : `0x${operatorKey}`;
 const relayer = ethers.Wallet.createRandom();
 const ether = (n) => `0x${(BigInt(n) * 10n ** 18n).toString(16)}`;
-
-function compile() {
-  const sources = {
-    "TributaryDistributor.sol": { content: readFileSync(join(here, "../../contracts/TributaryDistributor.sol"), "utf8") },
-    "SigClaimCheck.sol": { content: readFileSync(join(here, "contracts/SigClaimCheck.sol"), "utf8") },
-  };
-  const input = {
-    language: "Solidity",
-    sources,
-    settings: { optimizer: { enabled: true, runs: 200 }, outputSelection: { "*": { "*": ["abi", "evm.bytecode.object"] } } },
-  };
-  const findImports = (path) => {
-    try {
-      return { contents: readFileSync(join(here, "node_modules", path), "utf8") };
-    } catch (e) {
-      return { error: `${path}: ${e.message}` };
-    }
-  };
-  const out = JSON.parse(solc.compile(JSON.stringify(input), { import: findImports }));
-  const errors = (out.errors ?? []).filter((e) => e.severity === "error");
-  if (errors.length) throw new Error(errors.map((e) => e.formattedMessage).join("\n"));
-  const get = (file, name) => out.contracts[file][name];
-  return { distributor: get("TributaryDistributor.sol", "TributaryDistributor"), sigclaim: get("SigClaimCheck.sol", "SigClaimCheck") };
-}
 
 const server = ganache.server({
   chain: { chainId: CHAIN_ID },
@@ -72,14 +46,10 @@ const provider = new ethers.JsonRpcProvider(rpcUrl, CHAIN_ID, { staticNetwork: t
 const operator = new ethers.NonceManager(new ethers.Wallet(secret, provider));
 const sender = new ethers.NonceManager(relayer.connect(provider));
 
-const built = compile();
-const deploy = async (c, ...args) => {
-  const contract = await new ethers.ContractFactory(c.abi, c.evm.bytecode.object, operator).deploy(...args);
-  await contract.waitForDeployment();
-  return contract;
-};
-const distributor = await deploy(built.distributor, await operator.getAddress());
-const sigclaim = await deploy(built.sigclaim);
+const built = compile([join(here, "../../contracts/TributaryDistributor.sol"), join(here, "contracts/SigClaimCheck.sol")]);
+// Deployed as an operator would, with contracts/solidity.mjs (what contracts/deploy.mjs uses).
+const { contract: distributor } = await deploy(built.TributaryDistributor, operator, await operator.getAddress());
+const { contract: sigclaim } = await deploy(built.SigClaimCheck, operator);
 const asRelayer = distributor.connect(sender);
 
 console.log(JSON.stringify({
