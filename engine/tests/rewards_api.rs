@@ -1069,8 +1069,28 @@ fn epochs_settle_on_a_local_evm_chain_where_every_claim_pays_once() {
     let synced = server.cli_json(Some(admin), &["epochs", "sync-claims", "2"]);
     assert_eq!(synced["tracked"], false, "{synced}");
 
+    // A contract that is no distributor, or one that would refuse the publication (another
+    // operator's), fails the attempt before anything is signed or sent; the epoch waits with
+    // the reason.
+    let mut wrong = config.clone();
+    wrong["contract"] = chain.info["sigclaim"].clone();
+    use_ledger("evm-merkle", &wrong);
+    complete(TIPS[0]);
+    let closed3 = ok(server, admin, "POST", "/v1/epochs/close", None);
+    assert_eq!(closed3["settlement"]["status"], "pending", "{closed3}");
+    let error = closed3["settlement"]["last_error"].as_str().unwrap_or("");
+    assert!(error.contains("is it a TributaryDistributor?"), "{closed3}");
+    wrong["contract"] = chain.info["foreign"].clone();
+    use_ledger("evm-merkle", &wrong);
+    let again3 = ok(server, admin, "POST", "/v1/epochs/3/settle", None);
+    let error = again3["settlement"]["last_error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("would refuse publishing epoch 3"),
+        "{again3}"
+    );
+
     // An operator deploys a distributor of their own with contracts/deploy.mjs and gets the
-    // ledger config for it, which the server takes.
+    // ledger config for it, which the server takes; the waiting epoch settles there.
     let out = std::process::Command::new("node")
         .arg(common::repo_root().join("contracts/deploy.mjs"))
         .arg(chain.info["rpc_url"].as_str().expect("rpc url"))
@@ -1089,6 +1109,8 @@ fn epochs_settle_on_a_local_evm_chain_where_every_claim_pays_once() {
         "{deployed}"
     );
     ok(server, admin, "PUT", "/v1/ledger", Some(&deployed));
+    let settled3 = ok(server, admin, "POST", "/v1/epochs/3/settle", None);
+    assert_eq!(settled3["settlement"]["status"], "settled", "{settled3}");
 
     // Checked offline against the chain: the CLI asks the node through the same adapter.
     let data = s.data.clone();
@@ -1108,20 +1130,25 @@ fn epochs_settle_on_a_local_evm_chain_where_every_claim_pays_once() {
     };
     let (verified, text) = verify();
     assert!(verified, "{text}");
-    for epoch in 0..3 {
+    for epoch in 0..4 {
         assert!(
             text.contains(&format!("epoch {epoch}: the ledger proves it")),
             "{text}"
         );
     }
-    // The chain forgets epoch 1's publication (as a reorganisation would): verifying says so.
+    // The chain forgets everything after epoch 0 (as a reorganisation would): verifying says
+    // so of epochs 1 and 3, published since.
     let reverted = chain.ask(json!({"op": "revert", "id": before_epoch_1}));
     assert_eq!(reverted["reverted"], true, "{reverted}");
     let (verified, text) = verify();
     assert!(!verified, "{text}");
     assert!(text.contains("epoch 0: the ledger proves it"), "{text}");
-    assert!(
-        text.contains("epoch 1: the ledger does not match the settlement"),
-        "{text}"
-    );
+    for epoch in [1, 3] {
+        assert!(
+            text.contains(&format!(
+                "epoch {epoch}: the ledger does not match the settlement"
+            )),
+            "{text}"
+        );
+    }
 }

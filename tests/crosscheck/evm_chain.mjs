@@ -4,7 +4,8 @@
 //
 //   node evm_chain.mjs PORT OPERATOR_SECRET_KEY_HEX
 //
-// Prints one JSON line when ready ({rpc_url, chain_id, operator, distributor, sigclaim}),
+// Prints one JSON line when ready ({rpc_url, chain_id, operator, distributor, sigclaim, and
+// foreign: a distributor whose operator is another account}),
 // then answers one JSON line for each request line on stdin, until stdin closes:
 //   {"op": "claim", "epoch", "account", "amount", "proof"}     -> {ok, gained} | {ok: false, error}
 //   {"op": "epoch", "epoch"}                                   -> {published, root, total}
@@ -50,6 +51,8 @@ const built = compile([join(here, "../../contracts/TributaryDistributor.sol"), j
 // Deployed as an operator would, with contracts/solidity.mjs (what contracts/deploy.mjs uses).
 const { contract: distributor } = await deploy(built.TributaryDistributor, operator, await operator.getAddress());
 const { contract: sigclaim } = await deploy(built.SigClaimCheck, operator);
+// A distributor whose operator is someone else: it refuses the operator's publications.
+const { contract: foreign } = await deploy(built.TributaryDistributor, operator, relayer.address);
 const asRelayer = distributor.connect(sender);
 
 console.log(JSON.stringify({
@@ -58,6 +61,7 @@ console.log(JSON.stringify({
   operator: (await operator.getAddress()).toLowerCase(),
   distributor: (await distributor.getAddress()).toLowerCase(),
   sigclaim: (await sigclaim.getAddress()).toLowerCase(),
+  foreign: (await foreign.getAddress()).toLowerCase(),
 }));
 
 // ethers finds no revert data in ganache's answer to eth_estimateGas: it is one level down.

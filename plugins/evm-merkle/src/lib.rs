@@ -276,7 +276,14 @@ impl LedgerAdapter for EvmMerkle {
             return receipt_of(config, settlement, &p);
         }
         // The contract's own word, should the log search have missed the publication.
-        let published = rpc.eth_call(&config.contract, &abi::published(settlement.epoch))?;
+        let published = rpc
+            .eth_call(&config.contract, &abi::published(settlement.epoch))
+            .map_err(|e| {
+                format!(
+                    "asking {} whether epoch {} is published: {e} (is it a TributaryDistributor?)",
+                    config.contract, settlement.epoch
+                )
+            })?;
         if published.last() == Some(&1) {
             return Err(format!(
                 "the contract has epoch {} published, but no RootPublished log from block {} on \
