@@ -11,7 +11,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{published_by, tips_model, Server};
+use common::{published_by, tips_model, Server, TIPS};
 use serde_json::{json, Value};
 use tributary::identity::{recover_personal, Signature};
 use tributary::merkle;
@@ -117,18 +117,6 @@ fn pending(server: &Server, token: &str, accounts: &[&str]) -> HashMap<String, u
         })
         .collect()
 }
-
-/// Tips of one window's length each (33 bytes), four from each of two contributors.
-const TIPS: [&str; 8] = [
-    "Rest a seared steak five minutes.",
-    "Salt pasta water like a mild sea.",
-    "Toast cumin seeds before grinding",
-    "Chill cookie dough for one night.",
-    "Fold egg whites in gentle strokes",
-    "Deglaze the pan with a dry cider.",
-    "Brine chicken in salt and sugar!!",
-    "Store basil stems down in water..",
-];
 
 /// A server with the reward plugins installed and `local-jsonl` granted a folder, and a
 /// small model trained on bob's and alice's tips.

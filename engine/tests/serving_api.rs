@@ -72,18 +72,7 @@ fn a_trained_model_answers_with_its_training_text_and_credits_its_contributor() 
         &dir.path().join("data"),
         &["--max-rank", "4", "--adapter-budget", "6000"],
     );
-    // Tips of one window's length each (33 bytes, the separator makes 34 = seq_len + 1), so
-    // that every training window is one whole tip and a tip's start is a context the model saw.
-    let tips = [
-        "Rest a seared steak five minutes.",
-        "Salt pasta water like a mild sea.",
-        "Toast cumin seeds before grinding",
-        "Chill cookie dough for one night.",
-        "Fold egg whites in gentle strokes",
-        "Deglaze the pan with a dry cider.",
-        "Brine chicken in salt and sugar!!",
-        "Store basil stems down in water..",
-    ];
+    let tips = common::TIPS;
     assert!(tips.iter().all(|t| t.len() == 33));
     let file = dir.path().join("tips.jsonl");
     let rows: String = tips

@@ -316,6 +316,20 @@ pub fn start_job(
     wait_job(server, token, &location)
 }
 
+/// Kitchen tips of one training window's length each (33 bytes; with the separator 34, the
+/// window length plus one), so that every window is one whole tip and a tip's start is a
+/// context the model saw.
+pub const TIPS: [&str; 8] = [
+    "Rest a seared steak five minutes.",
+    "Salt pasta water like a mild sea.",
+    "Toast cumin seeds before grinding",
+    "Chill cookie dough for one night.",
+    "Fold egg whites in gentle strokes",
+    "Deglaze the pan with a dry cider.",
+    "Brine chicken in salt and sugar!!",
+    "Store basil stems down in water..",
+];
+
 /// Builds the byte-level span index of kitchen-tips version 1 and trains a small model on
 /// it whose windows are one 33-byte tip each; returns the model's id.
 pub fn tips_model(server: &Server, curator: &str) -> String {
