@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use super::epochs::{self, earnings};
+use super::epochs;
 use super::settle::{settled_config, with_adapter};
 use super::{ClosedEpoch, SettlementStatus};
 use crate::identity::Address;
@@ -93,12 +93,15 @@ pub fn sync(rewards: &Rewards, epoch: u64) -> Result<Synced, RewardsError> {
         return Ok(untracked);
     };
     let config = settled_config(rewards, epoch, &state.adapter).map_err(RewardsError::Ledger)?;
+    // What the epoch owes is the settlement the adapter is given: its earnings are read once.
+    let mut owed = BTreeMap::new();
     let report = with_adapter(
         rewards,
         &closed,
         &state.adapter,
         &config,
         |plugin, s, config| {
+            owed = s.payouts.iter().cloned().collect();
             ledger::claimed(plugin, s, receipt, config, &mut StateChanges::default())
         },
     )
@@ -107,10 +110,6 @@ pub fn sync(rewards: &Rewards, epoch: u64) -> Result<Synced, RewardsError> {
         rewards.claims_untracked(epoch);
         return Ok(untracked);
     };
-    let owed: BTreeMap<String, u128> = earnings(rewards, epoch)?
-        .into_iter()
-        .map(|(a, u)| (a.to_checksum(), u))
-        .collect();
     let claims = checked(epoch, &state.adapter, &owed, report)?;
     book_claims(rewards, closed, &owed, &claims)
 }
