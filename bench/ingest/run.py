@@ -4,7 +4,8 @@ JSONL and writing Parquet, in the same run on the same machine.
 
     python3 bench/ingest/run.py [--records 1000000] [--runs 3]
 
-Prints a Markdown table of medians. Three measurements of ours:
+Prints a Markdown table of medians. `--perf FILE` instead profiles one pre-signed upload on
+the server with `perf record` (`perf report -i FILE` reads it). Three measurements of ours:
 - end to end: `tributary contribute` (the CLI hashes and signs the file, then streams it);
 - server only: the same upload with a signature computed beforehand, sent by curl;
 - peak memory: the server's peak resident set (VmHWM) during the upload.
@@ -89,11 +90,16 @@ def contribute_with_cli(data):
     return upload
 
 
-def post_presigned(data):
+def post_presigned(data, perf=None):
     def upload(server):
         signed = json.loads(server.cli("contribute", "bench-ingest", data, "--key", server.key, "--dry-run"))
         with open(os.path.join(server.data, "admin-token")) as f:
             token = f.read().strip()
+        recorder = None
+        if perf:
+            recorder = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-o", perf,
+                                         "-p", str(server.proc.pid)], stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
         start = time.perf_counter()
         out = subprocess.run(
             ["curl", "-sS", "-X", "POST", "-T", data, "-H", f"Authorization: Bearer {token}",
@@ -102,7 +108,11 @@ def post_presigned(data):
              "-H", f"X-Tributary-Signature: {signed['signature']}",
              f"{server.url}/v1/datanets/bench-ingest/contributions"],
             check=True, capture_output=True, text=True).stdout
-        return time.perf_counter() - start, json.loads(out)
+        seconds = time.perf_counter() - start
+        if recorder:
+            recorder.send_signal(2)
+            recorder.wait()
+        return seconds, json.loads(out)
     return upload
 
 
@@ -122,6 +132,8 @@ def main():
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--python", default=os.path.join(ROOT, ".venv", "bin", "python"))
+    parser.add_argument("--perf", metavar="FILE",
+                        help="only profile one pre-signed upload with `perf record` into FILE")
     args = parser.parse_args()
     subprocess.run(["cargo", "build", "--release", "--bin", "tributary"], cwd=ROOT, check=True)
     os.makedirs(os.path.join(ROOT, "bench", "data"), exist_ok=True)
@@ -130,6 +142,10 @@ def main():
         subprocess.run([sys.executable, os.path.join(ROOT, "bench", "ingest", "gen.py"), data,
                         str(args.records)], check=True)
     size_mb = os.path.getsize(data) / 1e6
+    if args.perf:
+        seconds, peak = on_fresh_server(post_presigned(data, args.perf), args.records)
+        print(f"server {seconds:.2f}s, peak {peak:.0f} MB; profile in {args.perf}")
+        return
     e2e, server, py = [], [], []
     for run in range(args.runs):
         e2e.append(on_fresh_server(contribute_with_cli(data), args.records))

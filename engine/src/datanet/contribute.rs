@@ -23,7 +23,7 @@ use arrow::compute::filter_record_batch;
 use arrow::datatypes::SchemaRef;
 use chrono::Utc;
 
-use super::ingest::{self, Chunk, ChunkReader, ErrorReport, IngestError, Input, InputFormat};
+use super::ingest::{self, Chunk, ChunkReader, ErrorReport, Input, InputFormat};
 use super::record::{record_ids, RecordId};
 use super::schema::{DatanetSchema, TIMEZONE};
 use super::segment::{persist_file, SegmentWriter};
@@ -39,7 +39,7 @@ use super::{
 use crate::identity::{recover_personal, Address, Signature};
 use crate::merkle::{self, Hash, MerkleTree};
 use crate::plugin::state::StateChanges;
-use crate::store::{CF_BATCHES, CF_CATALOG, CF_META, CF_RECORDS};
+use crate::store::{RecordsFile, CF_BATCHES, CF_CATALOG, CF_META, CF_RECORDS};
 
 /// How many duplicates a batch lists; the total is always counted.
 pub const MAX_REPORTED_DUPLICATES: usize = 100;
@@ -95,19 +95,27 @@ type IdMap = HashMap<RecordId, u32, BuildHasherDefault<IdHasher>>;
 struct HashedChunk {
     chunk: Chunk,
     ids: Vec<RecordId>,
+    /// The ids' Merkle leaves, when the reader was given no lookup.
     leaves: Vec<Hash>,
+    /// Per id, the batch that first stored it, if the Datanet has it already; empty when
+    /// the reader was given no lookup.
+    stored_in: Vec<Option<u64>>,
     /// Bad rows the reader had found up to and including this chunk.
     bad_rows_so_far: u64,
 }
 
-/// Reads `reader` on a second thread, hashing as it goes, and hands each chunk to `each` on
-/// this one. Returns the reader's report of bad rows.
+/// Finds which of a chunk's ids a Datanet already holds, and in which batch.
+type Lookup<'a> = &'a (dyn Fn(&[RecordId]) -> Result<Vec<Option<u64>>, DatanetError> + Sync);
+
+/// Reads `reader` on a second thread, hashing (and with `lookup`, looking up) as it goes,
+/// and hands each chunk to `each` on this one. Returns the reader's report of bad rows.
 fn read_hashed(
     reader: Box<dyn ChunkReader>,
     schema: &DatanetSchema,
+    lookup: Option<Lookup<'_>>,
     mut each: impl FnMut(HashedChunk) -> Result<(), DatanetError>,
 ) -> Result<ErrorReport, DatanetError> {
-    let (tx, rx) = sync_channel::<Result<HashedChunk, IngestError>>(PIPELINE_DEPTH);
+    let (tx, rx) = sync_channel::<Result<HashedChunk, DatanetError>>(PIPELINE_DEPTH);
     std::thread::scope(|scope| {
         let producer = scope.spawn(move || {
             let mut reader = reader;
@@ -116,16 +124,24 @@ fn read_hashed(
                 let message = match reader.next_chunk(&mut report) {
                     Ok(Some(chunk)) => {
                         let ids = record_ids(schema, &chunk.batch);
-                        let leaves = ids.iter().map(merkle::leaf_bytes32).collect();
-                        Ok(HashedChunk {
+                        // With a lookup to make, the leaves are left to the receiving
+                        // thread, which then has less to do than this one.
+                        let stored_in = lookup.map_or(Ok(Vec::new()), |find| find(&ids));
+                        let leaves = if lookup.is_some() {
+                            Vec::new()
+                        } else {
+                            merkle::leaves_bytes32(&ids)
+                        };
+                        stored_in.map(|stored_in| HashedChunk {
                             chunk,
                             ids,
                             leaves,
+                            stored_in,
                             bad_rows_so_far: report.total,
                         })
                     }
                     Ok(None) => break,
-                    Err(e) => Err(e),
+                    Err(e) => Err(DatanetError::from(e)),
                 };
                 let failed = message.is_err();
                 // A closed channel means the writer stopped; so do we.
@@ -137,7 +153,7 @@ fn read_hashed(
         });
         let mut outcome = Ok(());
         for message in rx.iter() {
-            if let Err(e) = message.map_err(DatanetError::from).and_then(&mut each) {
+            if let Err(e) = message.and_then(&mut each) {
                 outcome = Err(e);
                 break;
             }
@@ -162,7 +178,7 @@ impl Datanets {
         let reader = ingest::open(format, input, schema)?;
         let mut ids = Vec::new();
         let mut leaves = Vec::new();
-        let errors = read_hashed(reader, schema, |hashed| {
+        let errors = read_hashed(reader, schema, None, |hashed| {
             ids.extend_from_slice(&hashed.ids);
             leaves.extend_from_slice(&hashed.leaves);
             Ok(())
@@ -210,9 +226,12 @@ impl Datanets {
         };
         let reject_bad_rows = datanet.spec.invalid_rows == InvalidRows::Reject;
         let started = std::time::Instant::now();
-        let read = read_hashed(reader, &schema, |hashed| {
+        // The reader thread looks each chunk up in the record index, which nothing else
+        // changes for this Datanet while its lock is held.
+        let lookup = |ids: &[RecordId]| self.stored_in(id, ids);
+        let read = read_hashed(reader, &schema, Some(&lookup), |hashed| {
             dedup.rows += hashed.ids.len() as u64;
-            dedup.leaves.extend_from_slice(&hashed.leaves);
+            dedup.leaves.extend(merkle::leaves_bytes32(&hashed.ids));
             if reject_bad_rows && (hashed.bad_rows_so_far > 0 || !dedup.rejected.is_empty()) {
                 // The batch will be refused; read on only to report every problem.
                 return Ok(());
@@ -245,18 +264,60 @@ impl Datanets {
             drop(writer);
             None
         };
-        // Sync the segment on another thread while the commitment is checked: both take a
-        // while and neither needs the other.
+        // While the commitment is checked, sync the segment and sort the batch's index (and
+        // for a large batch write it as an SST file) on other threads: none needs the others.
         let leaves = std::mem::take(&mut dedup.leaves);
-        let (root, synced) = std::thread::scope(|scope| {
+        let new_records = std::mem::take(&mut dedup.index);
+        let bulk = new_records.len() >= self.bulk_index_min;
+        let location = |row: u32| RecordLocation {
+            batch: batch_id,
+            row,
+            contributor: contribution.contributor,
+        };
+        let (root, synced, (index, records_file)) = std::thread::scope(|scope| {
             let sync = file.as_ref().map(|f| scope.spawn(move || f.sync_all()));
+            let indexing = scope.spawn(|| {
+                // Sorted keys load into RocksDB several times faster than random ones.
+                let mut index: Vec<(RecordId, u32)> = new_records.into_iter().collect();
+                merkle::sort_by_hash(&mut index, |entry| &entry.0);
+                // Two files of the two halves of the key range, written side by side.
+                let write = |part: &[(RecordId, u32)]| {
+                    let entries = part
+                        .iter()
+                        .map(|(r, row)| (record_key(id, r), location(*row).encode()));
+                    self.store.write_records_file(&self.dirs.tmp, entries)
+                };
+                let records_file = bulk.then(|| {
+                    let (low, high) = index.split_at(index.len() / 2);
+                    let (low, high) = std::thread::scope(|s| {
+                        let low = s.spawn(|| write(low));
+                        let high = write(high);
+                        (low.join(), high)
+                    });
+                    let low = low.unwrap_or_else(|_| {
+                        Err(crate::store::StoreError::Io("writing the index file panicked".into()))
+                    });
+                    low.and_then(|low| Ok(low.and(high?)))
+                        .inspect_err(|e| {
+                            tracing::warn!(datanet = id, batch = batch_id, error = %e, "writing the index file failed; writing entries instead");
+                        })
+                        .ok()
+                });
+                (index, records_file.flatten())
+            });
             let root = MerkleTree::from_leaves(leaves).root();
             let synced = sync.map_or(Ok(()), |h| {
                 h.join()
                     .unwrap_or_else(|_| Err(std::io::Error::other("segment sync panicked")))
             });
-            (root, synced)
+            let indexed = indexing.join().unwrap_or_else(|_| (Vec::new(), None));
+            (root, synced, indexed)
         });
+        if index.len() as u64 != accepted {
+            return Err(cleanup(DatanetError::Io(std::io::Error::other(
+                "sorting the batch's index panicked",
+            ))));
+        }
         synced.map_err(|e| cleanup(e.into()))?;
         drop(file);
         let recovered =
@@ -305,17 +366,8 @@ impl Datanets {
             review_reason,
         };
         datanet.batches = batch_id;
-        // Sorted keys load into RocksDB several times faster than random ones.
-        let mut index: Vec<(RecordId, u32)> = dedup.index.into_iter().collect();
-        index.sort_unstable_by_key(|entry| entry.0);
-        let bulk = index.len() >= self.bulk_index_min;
-        let location = |row: u32| RecordLocation {
-            batch: batch_id,
-            row,
-            contributor: contribution.contributor,
-        };
         let mut write = self.store.batch();
-        if bulk {
+        if records_file.is_some() {
             // The index goes in after this commit, through an SST file; the marker makes a
             // restart finish it from the segment if we crash in between.
             write.put(CF_META, pending_index_key(id, batch_id), b"");
@@ -330,11 +382,12 @@ impl Datanets {
         write.put_json(CF_CATALOG, datanet_key(id), &datanet)?;
         let persisted = started.elapsed();
         write.commit()?;
-        if bulk {
+        if let Some(file) = records_file {
             self.load_index(
                 id,
                 batch_id,
                 index.iter().map(|(r, row)| (*r, location(*row))),
+                Some(file),
             )?;
         }
         tracing::debug!(
@@ -350,19 +403,27 @@ impl Datanets {
         Ok(batch)
     }
 
-    /// Bulk-loads a committed batch's index entries (sorted by record id) and clears its
-    /// pending marker. If the bulk load fails, the entries go in through a write batch.
+    /// Bulk-loads a committed batch's index entries (sorted by record id), from `file` where
+    /// they were already written to one, and clears its pending marker. If the bulk load
+    /// fails, the entries go in through a write batch.
     fn load_index(
         &self,
         id: &str,
         batch: u64,
         entries: impl Iterator<Item = (RecordId, RecordLocation)> + Clone,
+        file: Option<RecordsFile>,
     ) -> Result<(), DatanetError> {
-        let encoded = entries
-            .clone()
-            .map(|(r, l)| (record_key(id, &r), l.encode()));
+        let loaded = match file {
+            Some(file) => self.store.ingest_records_file(file),
+            None => {
+                let encoded = entries
+                    .clone()
+                    .map(|(r, l)| (record_key(id, &r), l.encode()));
+                self.store.bulk_load_records(&self.dirs.tmp, encoded)
+            }
+        };
         let mut done = self.store.batch();
-        if let Err(e) = self.store.bulk_load_records(&self.dirs.tmp, encoded) {
+        if let Err(e) = loaded {
             tracing::warn!(datanet = id, batch, error = %e, "bulk index load failed; writing entries instead");
             for (record, location) in entries {
                 done.put(CF_RECORDS, record_key(id, &record), location.encode());
@@ -405,10 +466,25 @@ impl Datanets {
                 .enumerate()
                 .map(|(row, record)| (record, location(row)))
                 .collect();
-            entries.sort_unstable_by_key(|entry| entry.0);
-            self.load_index(id, batch_id, entries.iter().copied())?;
+            merkle::sort_by_hash(&mut entries, |entry| &entry.0);
+            self.load_index(id, batch_id, entries.iter().copied(), None)?;
         }
         Ok(pending.len())
+    }
+
+    /// For each of `ids`, the batch of Datanet `id` that stored it, if one has.
+    fn stored_in(&self, id: &str, ids: &[RecordId]) -> Result<Vec<Option<u64>>, DatanetError> {
+        let keys: Vec<Vec<u8>> = ids.iter().map(|r| record_key(id, r)).collect();
+        Ok(self
+            .store
+            .multi_get(CF_RECORDS, &keys)?
+            .into_iter()
+            .map(|found| {
+                found
+                    .and_then(|bytes| RecordLocation::decode(&bytes))
+                    .map(|l| l.batch)
+            })
+            .collect())
     }
 
     /// Validates, deduplicates and writes one chunk.
@@ -422,7 +498,10 @@ impl Datanets {
         writer: &mut SegmentWriter,
     ) -> Result<(), DatanetError> {
         let HashedChunk {
-            mut chunk, mut ids, ..
+            mut chunk,
+            mut ids,
+            mut stored_in,
+            ..
         } = hashed;
         let first_row = writer.rows();
         let judgement = if chain.is_empty() || dedup.held.is_some() {
@@ -442,19 +521,18 @@ impl Datanets {
             // What is stored is what the validators left; its ids are of that.
             ids = record_ids(&datanet.spec.schema, &rewritten);
             chunk.batch = rewritten;
+            stored_in = self.stored_in(id, &ids)?;
         }
-        let keys: Vec<Vec<u8>> = ids.iter().map(|r| record_key(id, r)).collect();
-        let existing = self.store.multi_get(CF_RECORDS, &keys)?;
         let mut keep = Vec::with_capacity(ids.len());
         let mut kept_ids = Vec::with_capacity(ids.len());
         let mut quality = Vec::with_capacity(ids.len());
-        for (i, (record, found)) in ids.iter().zip(existing).enumerate() {
+        for (i, (record, stored)) in ids.iter().zip(stored_in).enumerate() {
             if judgement.as_ref().is_some_and(|j| !j.keep[i]) {
                 keep.push(false);
                 continue;
             }
-            let first_batch = match found {
-                Some(bytes) => RecordLocation::decode(&bytes).map(|l| l.batch),
+            let first_batch = match stored {
+                Some(batch) => Some(batch),
                 None if dedup.index.contains_key(record) => Some(dedup.batch_id),
                 None => None,
             };

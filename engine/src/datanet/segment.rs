@@ -10,7 +10,7 @@ use arrow::datatypes::SchemaRef;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 use super::schema::COL_RECORD_ID;
@@ -48,8 +48,11 @@ fn format_error(path: &Path, e: impl std::fmt::Display) -> SegmentError {
 pub fn writer_properties() -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
-        // Record ids are unique by construction: a dictionary would only be built and dropped.
+        // Record ids are unique by construction and random: a dictionary would only be built
+        // and dropped, compression finds nothing, and min/max statistics never prune.
         .set_column_dictionary_enabled(ColumnPath::from(COL_RECORD_ID), false)
+        .set_column_compression(ColumnPath::from(COL_RECORD_ID), Compression::UNCOMPRESSED)
+        .set_column_statistics_enabled(ColumnPath::from(COL_RECORD_ID), EnabledStatistics::None)
         .set_max_row_group_size(ROW_GROUP_ROWS)
         .set_created_by(format!("tributary {}", env!("CARGO_PKG_VERSION")))
         .build()

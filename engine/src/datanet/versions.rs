@@ -45,7 +45,7 @@ impl Datanets {
                 }
                 Ok(())
             })?;
-        let mut leaves = Vec::new();
+        let mut ids = Vec::new();
         self.store
             .for_each_prefix(CF_RECORDS, prefix.as_bytes(), |key, value| {
                 let Some(location) = RecordLocation::decode(value) else {
@@ -56,11 +56,11 @@ impl Datanets {
                 {
                     let mut record = [0u8; 32];
                     record.copy_from_slice(&key[prefix.len()..]);
-                    leaves.push(merkle::leaf_bytes32(&record));
+                    ids.push(record);
                 }
                 Ok(())
             })?;
-        let tree = MerkleTree::from_leaves(leaves);
+        let tree = MerkleTree::from_leaves(merkle::leaves_bytes32(&ids));
         let version_number = datanet.versions + 1;
         // The whole node array is kept, so a proof reads a few nodes instead of rebuilding.
         let tree_rel = format!("versions/{id}/{version_number:010}.tree");

@@ -60,12 +60,9 @@ pub fn close(rewards: &Rewards, data_dir: &Path) -> Result<ClosedEpoch, RewardsE
         .iter()
         .try_fold(0u128, |acc, (_, u)| acc.checked_add(*u))
         .ok_or_else(|| RewardsError::Conservation(format!("epoch {epoch} overflows 128 bits")))?;
-    let tree = MerkleTree::from_leaves(
-        earned
-            .iter()
-            .map(|(a, u)| merkle::leaf_address_uint256(&a.0, *u))
-            .collect(),
-    );
+    let tree = MerkleTree::from_leaves(merkle::leaves_address_uint256(earned.len(), |i| {
+        (earned[i].0 .0, earned[i].1)
+    }));
     // The tree is on disk before the epoch is marked closed; a crash in between leaves a
     // file that the next close of this epoch overwrites.
     let dir = epochs_dir(data_dir);

@@ -259,22 +259,41 @@ impl Store {
         tmp_dir: &Path,
         entries: impl IntoIterator<Item = (K, V)>,
     ) -> Result<(), StoreError> {
+        let file = self.write_records_file(tmp_dir, entries)?;
+        self.ingest_records_file(file)
+    }
+
+    /// The first half of [`Store::bulk_load_records`]: writes the SST file (in `tmp_dir`,
+    /// removed if dropped unused), so that it can be built while other work runs and loaded
+    /// later.
+    pub fn write_records_file<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &self,
+        tmp_dir: &Path,
+        entries: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<RecordsFile, StoreError> {
         let file = tempfile::Builder::new()
             .prefix("records-")
             .suffix(".sst")
             .tempfile_in(tmp_dir)
-            .map_err(|e| StoreError::Io(e.to_string()))?;
-        let path = file.path().to_path_buf();
+            .map_err(|e| StoreError::Io(e.to_string()))?
+            .into_temp_path();
         let mut writer = SstFileWriter::create(&self.records_options);
-        writer.open(&path)?;
+        writer.open(&file)?;
         for (k, v) in entries {
             writer.put(k, v)?;
         }
         writer.finish()?;
+        Ok(RecordsFile(vec![file]))
+    }
+
+    /// The second half of [`Store::bulk_load_records`]: moves the files into the record
+    /// index, all in one ingestion.
+    pub fn ingest_records_file(&self, file: RecordsFile) -> Result<(), StoreError> {
         let mut options = IngestExternalFileOptions::default();
         options.set_move_files(true);
+        let paths: Vec<&Path> = file.0.iter().map(|p| &**p).collect();
         self.db
-            .ingest_external_file_cf_opts(self.cf(CF_RECORDS), &options, vec![&path])?;
+            .ingest_external_file_cf_opts(self.cf(CF_RECORDS), &options, paths)?;
         Ok(())
     }
 
@@ -283,6 +302,17 @@ impl Store {
             store: self,
             write: WriteBatch::default(),
         }
+    }
+}
+
+/// Record-index entries written to SST files, not yet in the index.
+pub struct RecordsFile(Vec<tempfile::TempPath>);
+
+impl RecordsFile {
+    /// Both files' entries, for one ingestion; their key ranges must not overlap.
+    pub fn and(mut self, other: RecordsFile) -> Self {
+        self.0.extend(other.0);
+        self
     }
 }
 

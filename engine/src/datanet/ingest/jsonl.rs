@@ -9,12 +9,13 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 use serde::Deserializer;
 
 use super::cells::{finite, parse_timestamp, Cell, RowBuilder};
+use super::flat_json;
 use super::{Chunk, ChunkReader, ErrorReport, IngestError, CHUNK_ROWS};
 use crate::datanet::schema::{DatanetSchema, FieldType};
 
 /// A JSON value as parsed, before it meets its field's type. Strings borrow from the line
 /// where they carry no escapes.
-enum Json<'a> {
+pub(super) enum Json<'a> {
     Null,
     Bool(bool),
     Int(i64),
@@ -86,7 +87,7 @@ impl<'de> Visitor<'de> for JsonVisitor {
     }
 }
 
-struct JsonSeed;
+pub(super) struct JsonSeed;
 
 impl<'de> DeserializeSeed<'de> for JsonSeed {
     type Value = Json<'de>;
@@ -162,7 +163,7 @@ impl<'de> de::Deserialize<'de> for Line<'de> {
     }
 }
 
-fn coerce<'a>(value: Json<'a>, ty: FieldType) -> Result<Cell<'a>, String> {
+pub(super) fn coerce<'a>(value: Json<'a>, ty: FieldType) -> Result<Cell<'a>, String> {
     match (ty, value) {
         (_, Json::Null) => Ok(Cell::Null),
         (FieldType::String, Json::Str(s)) => Ok(Cell::Str(s)),
@@ -192,41 +193,113 @@ fn coerce<'a>(value: Json<'a>, ty: FieldType) -> Result<Cell<'a>, String> {
 
 pub struct JsonlReader {
     input: BufReader<Box<dyn Read + Send>>,
-    schema: DatanetSchema,
-    by_name: HashMap<String, usize>,
-    builder: RowBuilder,
+    parser: LineParser,
+    /// A line that did not fit in what `input` had buffered.
     line: Vec<u8>,
     line_no: u64,
     done: bool,
+}
+
+/// What turns one line into a row of the builder.
+struct LineParser {
+    schema: DatanetSchema,
+    by_name: HashMap<String, usize>,
+    types: Vec<FieldType>,
+    builder: RowBuilder,
+    /// Whether lines may take [`flat_json`]'s fast path (off only in tests, to compare).
+    fast: bool,
 }
 
 impl JsonlReader {
     pub fn new(input: Box<dyn Read + Send>, schema: &DatanetSchema) -> Self {
         Self {
             input: BufReader::with_capacity(1 << 20, input),
-            schema: schema.clone(),
-            by_name: schema
-                .fields
-                .iter()
-                .enumerate()
-                .map(|(i, f)| (f.name.clone(), i))
-                .collect(),
-            builder: RowBuilder::new(schema, CHUNK_ROWS),
+            parser: LineParser {
+                schema: schema.clone(),
+                by_name: schema
+                    .fields
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| (f.name.clone(), i))
+                    .collect(),
+                types: schema.fields.iter().map(|f| f.field_type).collect(),
+                builder: RowBuilder::new(schema, CHUNK_ROWS),
+                fast: true,
+            },
             line: Vec::with_capacity(4096),
             line_no: 0,
             done: false,
         }
     }
 
-    fn parse_line(&mut self, report: &mut ErrorReport) {
-        let row = self.line_no;
-        let mut text = trim_ascii(&self.line);
+    /// Reads and parses the next line; false at the end of the input.
+    fn next_line(&mut self, report: &mut ErrorReport) -> Result<bool, IngestError> {
+        // Most lines lie whole in the read buffer and are parsed where they are.
+        let buffered = self.input.fill_buf()?;
+        if buffered.is_empty() {
+            return Ok(false);
+        }
+        if let Some(end) = memchr::memchr(b'\n', buffered) {
+            self.line_no += 1;
+            self.parser
+                .parse_line(&buffered[..end], self.line_no, report);
+            self.input.consume(end + 1);
+            return Ok(true);
+        }
+        self.line.clear();
+        let read = (&mut self.input)
+            .take(MAX_LINE_BYTES)
+            .read_until(b'\n', &mut self.line)?;
+        if read == 0 {
+            return Ok(false);
+        }
+        self.line_no += 1;
+        if read as u64 == MAX_LINE_BYTES && self.line.last() != Some(&b'\n') {
+            // One record may not hold the reader's memory hostage: drop the rest of it.
+            skip_rest_of_line(&mut self.input)?;
+            report.push(
+                self.line_no,
+                None,
+                format!("the line is longer than {} MiB", MAX_LINE_BYTES >> 20),
+            );
+            return Ok(true);
+        }
+        self.parser.parse_line(&self.line, self.line_no, report);
+        Ok(true)
+    }
+}
+
+impl LineParser {
+    /// The field a key names. Schemas are short, so a scan beats hashing the key.
+    fn field(&self, key: &str) -> Option<usize> {
+        if self.schema.fields.len() <= 16 {
+            self.schema.fields.iter().position(|f| f.name == key)
+        } else {
+            self.by_name.get(key).copied()
+        }
+    }
+
+    /// Parses line `row` (its bytes, the newline included or not) into the builder.
+    fn parse_line(&mut self, line: &[u8], row: u64, report: &mut ErrorReport) {
+        let mut text = trim_ascii(line);
         if row == 1 {
             text = text.strip_prefix("\u{feff}".as_bytes()).unwrap_or(text);
         }
         if text.is_empty() {
             return;
         }
+        let mut cells: Vec<Cell<'_>> = vec![Cell::Null; self.types.len()];
+        if self.fast && flat_json::parse(text, |k| self.field(k), &self.types, &mut cells).is_ok() {
+            self.builder.finish_row(
+                row,
+                &cells,
+                true,
+                report,
+                "required field is missing or null",
+            );
+            return;
+        }
+        cells.fill(Cell::Null);
         let entries = match serde_json::from_slice::<Line<'_>>(text) {
             Ok(Line(Ok(entries))) => entries,
             Ok(Line(Err(kind))) => {
@@ -242,10 +315,9 @@ impl JsonlReader {
                 return;
             }
         };
-        let mut cells: Vec<Cell<'_>> = vec![Cell::Null; self.schema.fields.len()];
         let mut ok = true;
         for (key, value) in entries {
-            let Some(&i) = self.by_name.get(key.0.as_ref()) else {
+            let Some(i) = self.field(&key.0) else {
                 report.push(row, Some(&key.0), "field is not in the Datanet's schema");
                 ok = false;
                 continue;
@@ -300,38 +372,126 @@ fn trim_ascii(bytes: &[u8]) -> &[u8] {
 
 impl ChunkReader for JsonlReader {
     fn next_chunk(&mut self, report: &mut ErrorReport) -> Result<Option<Chunk>, IngestError> {
-        while !self.done && self.builder.len() < CHUNK_ROWS {
-            self.line.clear();
-            let read = (&mut self.input)
-                .take(MAX_LINE_BYTES)
-                .read_until(b'\n', &mut self.line)?;
-            if read == 0 {
+        while !self.done && self.parser.builder.len() < CHUNK_ROWS {
+            if !self.next_line(report)? {
                 self.done = true;
-                break;
             }
-            self.line_no += 1;
-            if read as u64 == MAX_LINE_BYTES && self.line.last() != Some(&b'\n') {
-                // One record may not hold the reader's memory hostage: drop the rest of it.
-                skip_rest_of_line(&mut self.input)?;
-                report.push(
-                    self.line_no,
-                    None,
-                    format!("the line is longer than {} MiB", MAX_LINE_BYTES >> 20),
-                );
-                continue;
-            }
-            self.parse_line(report);
         }
-        if self.builder.is_empty() {
+        if self.parser.builder.is_empty() {
             return Ok(None);
         }
-        Ok(Some(self.builder.finish()))
+        Ok(Some(self.parser.builder.finish()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datanet::schema::FieldSpec;
+
+    /// Every line of `input` read with the fast path and without: the same rows, values and
+    /// report.
+    fn both_ways(schema: &DatanetSchema, input: &str) -> (Vec<Chunk>, ErrorReport) {
+        let read = |fast: bool| {
+            let bytes = input.as_bytes().to_vec();
+            let mut reader = JsonlReader::new(Box::new(std::io::Cursor::new(bytes)), schema);
+            reader.parser.fast = fast;
+            let mut report = ErrorReport::default();
+            let mut chunks = Vec::new();
+            while let Some(chunk) = reader.next_chunk(&mut report).expect("read") {
+                chunks.push(chunk);
+            }
+            (chunks, report)
+        };
+        let (fast, fast_report) = read(true);
+        let (general, general_report) = read(false);
+        assert_eq!(fast.len(), general.len());
+        for (a, b) in fast.iter().zip(&general) {
+            assert_eq!(a.rows, b.rows);
+            assert_eq!(a.batch, b.batch);
+        }
+        assert_eq!(
+            serde_json::to_value(&fast_report).expect("json"),
+            serde_json::to_value(&general_report).expect("json")
+        );
+        (fast, fast_report)
+    }
+
+    #[test]
+    fn the_fast_path_reads_every_line_as_the_general_parser_does() {
+        let field = |name: &str, field_type| FieldSpec {
+            name: name.into(),
+            field_type,
+            required: false,
+            description: None,
+        };
+        let mut schema = DatanetSchema::text_only();
+        schema.fields.extend([
+            field("n", FieldType::Int64),
+            field("x", FieldType::Float64),
+            field("ok", FieldType::Bool),
+            field("at", FieldType::Timestamp),
+            field("tags", FieldType::ListOfStrings),
+        ]);
+        let lines = [
+            r#"{"text": "plain", "n": 42, "ok": true, "at": "2026-01-02T03:04:05Z", "tags": ["a", "b"]}"#,
+            r#"{"text":"no spaces","n":-7,"x":3,"ok":false,"tags":[]}"#,
+            r#"  {"text": "padded", "n": 0, "x": -12}  "#,
+            r#"{"text": "fraction", "x": 1.5}"#,
+            r#"{"text": "big", "n": 123456789012345678, "x": 1e300}"#,
+            r#"{"text": "past 18 digits", "n": 1234567890123456789}"#,
+            r#"{"text": "past i64", "n": 98765432109876543210}"#,
+            r#"{"text": "minus zero", "n": -0, "x": -0}"#,
+            r#"{"text": "float zero", "x": -0.0}"#,
+            r#"{"text": "float as int", "n": 4.0}"#,
+            r#"{"text": "esc\"aped \\ \u00e9 \n"}"#,
+            "{\"text\": \"utf-8 \u{e9}\u{4e2d}\u{1f980} ok\"}",
+            "{\"text\": \"tab\tinside\"}",
+            r#"{"text": "nulls", "n": null, "x": null, "ok": null, "at": null, "tags": null}"#,
+            r#"{"text": "dup", "text": "last wins"}"#,
+            r#"{"text": "ts as micros", "at": 1700000000000000}"#,
+            r#"{"text": "leading zero", "n": 007}"#,
+            r#"{"text": "plus", "n": +1}"#,
+            r#"{"text": "trailing comma",}"#,
+            r#"{"text": "garbage after"} x"#,
+            r#"{"text": "unknown", "nope": 1}"#,
+            r#"{"text": "wrong type", "n": "seven"}"#,
+            r#"{"text": "nested", "tags": [["a"]]}"#,
+            r#"{"text": "object", "n": {"a": 1}}"#,
+            r#"{"n": 1}"#,
+            r#"{}"#,
+            r#"[1, 2]"#,
+            r#"{"text": "unterminated"#,
+            r#"{"text": "bad ts", "at": "yesterday"}"#,
+            r#"{"text": "tru", "ok": tru}"#,
+            r#"{"text": "list of numbers", "tags": [1]}"#,
+            "",
+            r#"{"text": "nan", "x": NaN}"#,
+        ];
+        let input = lines.join("\n");
+        let (chunks, report) = both_ways(&schema, &input);
+        let rows: usize = chunks.iter().map(|c| c.rows.len()).sum();
+        assert_eq!(rows, 14, "rows kept");
+        assert_eq!(report.total, 18, "problems: {:?}", report.errors);
+        // The usual lines do take the fast path.
+        let types: Vec<FieldType> = schema.fields.iter().map(|f| f.field_type).collect();
+        let find = |k: &str| schema.fields.iter().position(|f| f.name == k);
+        for line in &lines[..3] {
+            let mut cells = vec![Cell::Null; types.len()];
+            assert_eq!(
+                flat_json::parse(line.trim().as_bytes(), find, &types, &mut cells),
+                Ok(()),
+                "{line}"
+            );
+        }
+        // Lines split across the read buffer's end read the same as lines inside it.
+        let long: String = (0..40_000)
+            .map(|i| format!("{{\"text\": \"record {i} {}\"}}\n", "z".repeat(i % 50)))
+            .collect();
+        let (chunks, report) = both_ways(&schema, &long);
+        assert_eq!(chunks.iter().map(|c| c.rows.len()).sum::<usize>(), 40_000);
+        assert_eq!(report.total, 0);
+    }
 
     #[test]
     fn an_overlong_line_is_reported_and_the_next_line_still_read() {

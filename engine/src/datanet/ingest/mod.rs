@@ -9,6 +9,7 @@
 mod cells;
 mod columnar;
 mod csv_input;
+mod flat_json;
 mod jsonl;
 
 use std::fs::File;
