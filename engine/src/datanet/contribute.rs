@@ -9,6 +9,7 @@
 //! RocksDB batch commits the batch, its record index entries and the Datanet's counter. A
 //! crash before that commit leaves an orphan file, which [`Datanets::open`] removes.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fs;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -91,12 +92,10 @@ impl Hasher for IdHasher {
 /// New records of the batch and their row in the segment.
 type IdMap = HashMap<RecordId, u32, BuildHasherDefault<IdHasher>>;
 
-/// A chunk of valid rows with their ids and Merkle leaves.
+/// A chunk of valid rows with their ids.
 struct HashedChunk {
     chunk: Chunk,
     ids: Vec<RecordId>,
-    /// The ids' Merkle leaves, when the reader was given no lookup.
-    leaves: Vec<Hash>,
     /// Per id, the batch that first stored it, if the Datanet has it already; empty when
     /// the reader was given no lookup.
     stored_in: Vec<Option<u64>>,
@@ -123,19 +122,13 @@ fn read_hashed(
             loop {
                 let message = match reader.next_chunk(&mut report) {
                     Ok(Some(chunk)) => {
+                        // The leaves are left to the receiving thread, which has less to
+                        // do than this one.
                         let ids = record_ids(schema, &chunk.batch);
-                        // With a lookup to make, the leaves are left to the receiving
-                        // thread, which then has less to do than this one.
                         let stored_in = lookup.map_or(Ok(Vec::new()), |find| find(&ids));
-                        let leaves = if lookup.is_some() {
-                            Vec::new()
-                        } else {
-                            merkle::leaves_bytes32(&ids)
-                        };
                         stored_in.map(|stored_in| HashedChunk {
                             chunk,
                             ids,
-                            leaves,
                             stored_in,
                             bad_rows_so_far: report.total,
                         })
@@ -179,8 +172,8 @@ impl Datanets {
         let mut ids = Vec::new();
         let mut leaves = Vec::new();
         let errors = read_hashed(reader, schema, None, |hashed| {
+            leaves.extend(merkle::leaves_bytes32(&hashed.ids));
             ids.extend_from_slice(&hashed.ids);
-            leaves.extend_from_slice(&hashed.leaves);
             Ok(())
         })?;
         let root = MerkleTree::from_leaves(leaves).root();
@@ -209,7 +202,8 @@ impl Datanets {
             .tmp
             .join(format!("{id}-{batch_id:016x}.parquet.tmp"));
         let segment_schema = schema.segment_schema();
-        let mut writer = SegmentWriter::create(tmp_path.clone(), segment_schema.clone())?;
+        let mut writer =
+            SegmentWriter::create(tmp_path.clone(), segment_schema.clone(), &schema.text_field)?;
         let mut dedup = Dedup {
             batch_id,
             contributor: contribution.contributor.to_checksum(),
@@ -531,10 +525,16 @@ impl Datanets {
                 keep.push(false);
                 continue;
             }
+            let row = (first_row + kept_ids.len() as u64) as u32;
             let first_batch = match stored {
                 Some(batch) => Some(batch),
-                None if dedup.index.contains_key(record) => Some(dedup.batch_id),
-                None => None,
+                None => match dedup.index.entry(*record) {
+                    Entry::Occupied(_) => Some(dedup.batch_id),
+                    Entry::Vacant(slot) => {
+                        slot.insert(row);
+                        None
+                    }
+                },
             };
             if let Some(first_batch) = first_batch {
                 dedup.duplicates += 1;
@@ -548,9 +548,6 @@ impl Datanets {
                 keep.push(false);
                 continue;
             }
-            dedup
-                .index
-                .insert(*record, (first_row + kept_ids.len() as u64) as u32);
             keep.push(true);
             kept_ids.push(*record);
             quality.push(judgement.as_ref().map_or(1.0, |j| j.quality[i]));

@@ -45,7 +45,9 @@ fn format_error(path: &Path, e: impl std::fmt::Display) -> SegmentError {
     }
 }
 
-pub fn writer_properties() -> WriterProperties {
+/// How segments and exports are written; `text_field` is the Datanet's training text.
+pub fn writer_properties(text_field: &str) -> WriterProperties {
+    let text = ColumnPath::from(text_field);
     WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         // Record ids are unique by construction and random: a dictionary would only be built
@@ -53,6 +55,11 @@ pub fn writer_properties() -> WriterProperties {
         .set_column_dictionary_enabled(ColumnPath::from(COL_RECORD_ID), false)
         .set_column_compression(ColumnPath::from(COL_RECORD_ID), Compression::UNCOMPRESSED)
         .set_column_statistics_enabled(ColumnPath::from(COL_RECORD_ID), EnabledStatistics::None)
+        // The training text is long and nearly always unique: its dictionary overflows and is
+        // dropped, and the min/max of its values (two comparisons of every value) prune no
+        // query anyone makes of it.
+        .set_column_dictionary_enabled(text.clone(), false)
+        .set_column_statistics_enabled(text, EnabledStatistics::None)
         .set_max_row_group_size(ROW_GROUP_ROWS)
         .set_created_by(format!("tributary {}", env!("CARGO_PKG_VERSION")))
         .build()
@@ -67,12 +74,16 @@ pub struct SegmentWriter {
 }
 
 impl SegmentWriter {
-    pub fn create(tmp_path: PathBuf, schema: SchemaRef) -> Result<Self, SegmentError> {
+    pub fn create(
+        tmp_path: PathBuf,
+        schema: SchemaRef,
+        text_field: &str,
+    ) -> Result<Self, SegmentError> {
         let file = File::create(&tmp_path).map_err(io_error(&tmp_path))?;
         let writer = ArrowWriter::try_new(
             BufWriter::with_capacity(1 << 20, file),
             schema,
-            Some(writer_properties()),
+            Some(writer_properties(text_field)),
         )
         .map_err(|e| format_error(&tmp_path, e))?;
         Ok(Self {

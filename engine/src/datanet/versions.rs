@@ -172,7 +172,7 @@ impl Datanets {
             let mut writer = ArrowWriter::try_new(
                 std::io::BufWriter::with_capacity(1 << 20, file),
                 schema.clone(),
-                Some(segment::writer_properties()),
+                Some(segment::writer_properties(&manifest.schema.text_field)),
             )
             .map_err(|e| SegmentError::Format {
                 path: tmp_path.display().to_string(),
