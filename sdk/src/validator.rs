@@ -9,6 +9,7 @@ use crate::bindings::types::{
     Column, ColumnValues, DatanetInfo, Field, FieldValue, RecordBatch, StringColumn,
 };
 use crate::bindings::validator::exports::tributary::plugins::validation as wit;
+use std::cell::OnceCell;
 
 /// A field's value, borrowed from the batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,6 +77,9 @@ impl Verdict {
 pub struct Batch<'a> {
     datanet: &'a DatanetInfo,
     batch: &'a RecordBatch,
+    /// Per column, whether its string bytes are all ASCII, found on first use (see
+    /// [`column_is_ascii`]).
+    ascii: &'a [OnceCell<bool>],
 }
 
 impl<'a> Batch<'a> {
@@ -104,6 +108,7 @@ impl<'a> Batch<'a> {
         Record {
             datanet: self.datanet,
             batch: self.batch,
+            ascii: self.ascii,
             row,
         }
     }
@@ -118,16 +123,56 @@ impl<'a> Batch<'a> {
 pub struct Record<'a> {
     datanet: &'a DatanetInfo,
     batch: &'a RecordBatch,
+    ascii: &'a [OnceCell<bool>],
     row: usize,
 }
 
-fn string_at(column: &StringColumn, row: usize) -> &str {
+/// Whether every byte of `bytes` is ASCII, 32 at a time: in a component each loop iteration
+/// also pays an epoch check, so fewer, wider iterations go faster.
+fn is_ascii(bytes: &[u8]) -> bool {
+    let word = |b: &[u8]| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(b);
+        u64::from_le_bytes(w)
+    };
+    let mut blocks = bytes.chunks_exact(32);
+    let mut high = 0u64;
+    for b in &mut blocks {
+        high |= word(&b[..8]) | word(&b[8..16]) | word(&b[16..24]) | word(&b[24..]);
+    }
+    let tail = blocks.remainder().iter().fold(0u8, |acc, b| acc | b);
+    high & 0x8080_8080_8080_8080 == 0 && tail < 0x80
+}
+
+/// Whether all of a column's string bytes are ASCII: then any slice of them is a string,
+/// and reading a value needs no UTF-8 check. One pass over a column's bytes, made when a
+/// validator first reads from it, costs a fraction of checking each value apart (which took
+/// about a quarter of `pii-redact`'s time as a component).
+fn column_is_ascii(column: &Column) -> bool {
+    match &column.values {
+        ColumnValues::String(s) => is_ascii(&s.data),
+        ColumnValues::StringList(l) => is_ascii(&l.items.data),
+        _ => false,
+    }
+}
+
+fn string_at(column: &StringColumn, ascii: bool, row: usize) -> &str {
     let (start, end) = (
         column.offsets[row] as usize,
         column.offsets[row + 1] as usize,
     );
-    // The host sends valid UTF-8 from Arrow string arrays; a broken buffer reads as empty.
-    std::str::from_utf8(&column.data[start..end]).unwrap_or_default()
+    let bytes = column.data.get(start..end).unwrap_or_default();
+    if ascii {
+        // SAFETY: every byte of the column is below 0x80 (checked by `column_is_ascii`), so any
+        // slice of it is ASCII, which is valid UTF-8.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::str::from_utf8_unchecked(bytes)
+        }
+    } else {
+        // The host sends valid UTF-8 from Arrow string arrays; a broken buffer reads as empty.
+        std::str::from_utf8(bytes).unwrap_or_default()
+    }
 }
 
 fn present(column: &Column, row: usize) -> bool {
@@ -181,15 +226,23 @@ impl<'a> Record<'a> {
         if !present(column, row) {
             return Value::Null;
         }
+        let ascii = self
+            .ascii
+            .get(index)
+            .is_some_and(|known| *known.get_or_init(|| column_is_ascii(column)));
         match &column.values {
-            ColumnValues::String(c) => Value::String(string_at(c, row)),
+            ColumnValues::String(c) => Value::String(string_at(c, ascii, row)),
             ColumnValues::Int64(v) => Value::Int64(v[row]),
             ColumnValues::Float64(v) => Value::Float64(v[row]),
             ColumnValues::Boolean(v) => Value::Bool(v[row]),
             ColumnValues::Timestamp(v) => Value::Timestamp(v[row]),
             ColumnValues::StringList(c) => {
                 let (start, end) = (c.lists[row] as usize, c.lists[row + 1] as usize);
-                Value::StringList((start..end).map(|i| string_at(&c.items, i)).collect())
+                Value::StringList(
+                    (start..end)
+                        .map(|i| string_at(&c.items, ascii, i))
+                        .collect(),
+                )
             }
         }
     }
@@ -275,9 +328,11 @@ pub fn run<V: Validator>(context: u64, batch: RecordBatch) -> Result<wit::Verdic
         .clone()
         .downcast::<V::Config>()
         .map_err(|_| "the context holds another validator's config".to_string())?;
+    let ascii = vec![OnceCell::new(); batch.columns.len()];
     let view = Batch {
         datanet: &ctx.datanet,
         batch: &batch,
+        ascii: &ascii,
     };
     let verdicts = V::validate(&config, &view)?;
     if verdicts.len() != view.len() {
@@ -352,4 +407,57 @@ macro_rules! export_validator {
             $crate::__stamp_api_version!();
         };
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ascii_is_found_at_every_length_and_a_high_byte_at_every_position() {
+        for len in 0..80 {
+            let mut bytes = vec![b'a'; len];
+            assert!(is_ascii(&bytes), "length {len}");
+            for at in 0..len {
+                bytes[at] = 0xc3;
+                assert!(!is_ascii(&bytes), "length {len}, high byte at {at}");
+                bytes[at] = b'a';
+            }
+        }
+    }
+
+    #[test]
+    fn fields_read_the_same_with_and_without_the_ascii_shortcut() {
+        let column = |texts: &[&str]| {
+            let mut data = Vec::new();
+            let mut offsets = vec![0u32];
+            for t in texts {
+                data.extend_from_slice(t.as_bytes());
+                offsets.push(data.len() as u32);
+            }
+            Column {
+                values: ColumnValues::String(StringColumn { data, offsets }),
+                present: None,
+            }
+        };
+        let batch = RecordBatch {
+            rows: 2,
+            columns: vec![column(&["plain", "text"]), column(&["café", "naïve"])],
+        };
+        let found: Vec<bool> = batch.columns.iter().map(column_is_ascii).collect();
+        assert_eq!(found, vec![true, false]);
+        let ColumnValues::String(accented) = &batch.columns[1].values else {
+            unreachable!("a string column")
+        };
+        assert_eq!(string_at(accented, false, 1), "naïve");
+        let broken = StringColumn {
+            data: vec![0xff, b'a'],
+            offsets: vec![0, 2],
+        };
+        assert_eq!(
+            string_at(&broken, false, 0),
+            "",
+            "invalid UTF-8 reads as empty"
+        );
+    }
 }
