@@ -268,7 +268,7 @@ impl Datanets {
             row,
             contributor: contribution.contributor,
         };
-        let (root, synced, (index, records_file)) = std::thread::scope(|scope| {
+        let (root, synced, indexed) = std::thread::scope(|scope| {
             let sync = file.as_ref().map(|f| scope.spawn(move || f.sync_all()));
             let indexing = scope.spawn(|| {
                 // Sorted keys load into RocksDB several times faster than random ones.
@@ -304,14 +304,13 @@ impl Datanets {
                 h.join()
                     .unwrap_or_else(|_| Err(std::io::Error::other("segment sync panicked")))
             });
-            let indexed = indexing.join().unwrap_or_else(|_| (Vec::new(), None));
-            (root, synced, indexed)
+            (root, synced, indexing.join())
         });
-        if index.len() as u64 != accepted {
+        let Ok((index, records_file)) = indexed else {
             return Err(cleanup(DatanetError::Io(std::io::Error::other(
                 "sorting the batch's index panicked",
             ))));
-        }
+        };
         synced.map_err(|e| cleanup(e.into()))?;
         drop(file);
         let recovered =
