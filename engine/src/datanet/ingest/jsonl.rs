@@ -288,11 +288,19 @@ impl LineParser {
         if text.is_empty() {
             return;
         }
-        let mut cells: Vec<Cell<'_>> = vec![Cell::Null; self.types.len()];
-        if self.fast && flat_json::parse(text, |k| self.field(k), &self.types, &mut cells).is_ok() {
+        // A line's cells live on the stack for the usual schema, not in an allocation a line.
+        let mut inline: [Cell<'_>; INLINE_FIELDS] = std::array::from_fn(|_| Cell::Null);
+        let mut spilled = Vec::new();
+        let cells: &mut [Cell<'_>] = if self.types.len() <= INLINE_FIELDS {
+            &mut inline[..self.types.len()]
+        } else {
+            spilled.resize(self.types.len(), Cell::Null);
+            &mut spilled
+        };
+        if self.fast && flat_json::parse(text, |k| self.field(k), &self.types, cells).is_ok() {
             self.builder.finish_row(
                 row,
-                &cells,
+                cells,
                 true,
                 report,
                 "required field is missing or null",
@@ -332,9 +340,12 @@ impl LineParser {
             }
         }
         self.builder
-            .finish_row(row, &cells, ok, report, "required field is missing or null");
+            .finish_row(row, cells, ok, report, "required field is missing or null");
     }
 }
+
+/// Schemas up to this many fields parse a line without allocating its cells.
+const INLINE_FIELDS: usize = 16;
 
 /// The longest line (one record) a JSONL upload may have.
 const MAX_LINE_BYTES: u64 = 16 << 20;
@@ -415,6 +426,31 @@ mod tests {
             serde_json::to_value(&general_report).expect("json")
         );
         (fast, fast_report)
+    }
+
+    #[test]
+    fn a_schema_wider_than_the_inline_cells_reads_alike() {
+        let mut schema = DatanetSchema::text_only();
+        for i in 0..INLINE_FIELDS + 4 {
+            schema.fields.push(FieldSpec {
+                name: format!("f{i}"),
+                field_type: FieldType::Int64,
+                required: false,
+                description: None,
+            });
+        }
+        let input =
+            "{\"text\": \"wide\", \"f0\": 1, \"f19\": 20}\n{\"text\": \"bad\", \"f18\": \"x\"}\n";
+        let (chunks, report) = both_ways(&schema, input);
+        assert_eq!(chunks[0].rows, vec![1]);
+        let last = chunks[0].batch.column(schema.fields.len() - 1);
+        use arrow::array::AsArray;
+        assert_eq!(
+            last.as_primitive::<arrow::datatypes::Int64Type>().value(0),
+            20
+        );
+        assert_eq!(report.total, 1);
+        assert_eq!(report.errors[0].field.as_deref(), Some("f18"));
     }
 
     #[test]
