@@ -172,7 +172,7 @@ impl Datanets {
         let mut ids = Vec::new();
         let mut leaves = Vec::new();
         let errors = read_hashed(reader, schema, None, |hashed| {
-            leaves.extend(merkle::leaves_bytes32(&hashed.ids));
+            merkle::push_leaves_bytes32(&hashed.ids, &mut leaves);
             ids.extend_from_slice(&hashed.ids);
             Ok(())
         })?;
@@ -225,7 +225,7 @@ impl Datanets {
         let lookup = |ids: &[RecordId]| self.stored_in(id, ids);
         let read = read_hashed(reader, &schema, Some(&lookup), |hashed| {
             dedup.rows += hashed.ids.len() as u64;
-            dedup.leaves.extend(merkle::leaves_bytes32(&hashed.ids));
+            merkle::push_leaves_bytes32(&hashed.ids, &mut dedup.leaves);
             if reject_bad_rows && (hashed.bad_rows_so_far > 0 || !dedup.rejected.is_empty()) {
                 // The batch will be refused; read on only to report every problem.
                 return Ok(());

@@ -32,9 +32,16 @@ pub fn leaf_bytes32(value: &Hash) -> Hash {
 
 /// [`leaf_bytes32`] of every value, several at a time.
 pub fn leaves_bytes32(values: &[Hash]) -> Vec<Hash> {
-    let mut leaves = vec![[0u8; 32]; values.len()];
-    keccak::hash_many(&mut leaves, true, |i| values[i]);
+    let mut leaves = Vec::new();
+    push_leaves_bytes32(values, &mut leaves);
     leaves
+}
+
+/// Appends [`leaf_bytes32`] of every value to `leaves`, hashed where they land.
+pub fn push_leaves_bytes32(values: &[Hash], leaves: &mut Vec<Hash>) {
+    let first = leaves.len();
+    leaves.resize(first + values.len(), [0u8; 32]);
+    keccak::hash_many(&mut leaves[first..], true, |i| values[i]);
 }
 
 /// The leaf hash of an `(address, uint256)` pair, as payout trees use.
@@ -325,6 +332,9 @@ mod tests {
         let values = ids(23);
         let alone: Vec<Hash> = values.iter().map(leaf_bytes32).collect();
         assert_eq!(leaves_bytes32(&values), alone);
+        let mut appended = leaves_bytes32(&values[..5]);
+        push_leaves_bytes32(&values[5..], &mut appended);
+        assert_eq!(appended, alone);
         let pair = |i: usize| {
             let mut address = [0u8; 20];
             address.copy_from_slice(&values[i][..20]);
