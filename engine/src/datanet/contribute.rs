@@ -40,7 +40,7 @@ use super::{
 use crate::identity::{recover_personal, Address, Signature};
 use crate::merkle::{self, Hash, MerkleTree};
 use crate::plugin::state::StateChanges;
-use crate::store::{RecordsFile, CF_BATCHES, CF_CATALOG, CF_META, CF_RECORDS};
+use crate::store::{RecordsFile, StoreError, CF_BATCHES, CF_CATALOG, CF_META, CF_RECORDS};
 
 /// How many duplicates a batch lists; the total is always counted.
 pub const MAX_REPORTED_DUPLICATES: usize = 100;
@@ -274,24 +274,8 @@ impl Datanets {
                 // Sorted keys load into RocksDB several times faster than random ones.
                 let mut index: Vec<(RecordId, u32)> = new_records.into_iter().collect();
                 merkle::sort_by_hash(&mut index, |entry| &entry.0);
-                // Two files of the two halves of the key range, written side by side.
-                let write = |part: &[(RecordId, u32)]| {
-                    let entries = part
-                        .iter()
-                        .map(|(r, row)| (record_key(id, r), location(*row).encode()));
-                    self.store.write_records_file(&self.dirs.tmp, entries)
-                };
                 let records_file = bulk.then(|| {
-                    let (low, high) = index.split_at(index.len() / 2);
-                    let (low, high) = std::thread::scope(|s| {
-                        let low = s.spawn(|| write(low));
-                        let high = write(high);
-                        (low.join(), high)
-                    });
-                    let low = low.unwrap_or_else(|_| {
-                        Err(crate::store::StoreError::Io("writing the index file panicked".into()))
-                    });
-                    low.and_then(|low| Ok(low.and(high?)))
+                    self.write_index_files(id, &index, |(r, row)| (*r, location(*row)))
                         .inspect_err(|e| {
                             tracing::warn!(datanet = id, batch = batch_id, error = %e, "writing the index file failed; writing entries instead");
                         })
@@ -380,7 +364,7 @@ impl Datanets {
                 id,
                 batch_id,
                 index.iter().map(|(r, row)| (*r, location(*row))),
-                Some(file),
+                Ok(file),
             )?;
         }
         tracing::debug!(
@@ -396,27 +380,47 @@ impl Datanets {
         Ok(batch)
     }
 
-    /// Bulk-loads a committed batch's index entries (sorted by record id), from `file` where
-    /// they were already written to one, and clears its pending marker. If the bulk load
-    /// fails, the entries go in through a write batch.
+    /// Writes index entries of Datanet `id`, sorted by record id, as SST files: the two
+    /// halves of the key range side by side.
+    fn write_index_files<T: Sync>(
+        &self,
+        id: &str,
+        sorted: &[T],
+        entry: impl Fn(&T) -> (RecordId, RecordLocation) + Sync,
+    ) -> Result<RecordsFile, StoreError> {
+        let write = |part: &[T]| {
+            let encoded = part.iter().map(|t| {
+                let (record, location) = entry(t);
+                (record_key(id, &record), location.encode())
+            });
+            self.store.write_records_file(&self.dirs.tmp, encoded)
+        };
+        let (low, high) = sorted.split_at(sorted.len() / 2);
+        if low.is_empty() {
+            return write(high);
+        }
+        std::thread::scope(|scope| {
+            let low = scope.spawn(|| write(low));
+            let high = write(high)?;
+            let low = low
+                .join()
+                .map_err(|_| StoreError::Io("writing an index file panicked".into()))??;
+            Ok(low.and(high))
+        })
+    }
+
+    /// Loads a committed batch's index `file` (written from `entries`) and clears its
+    /// pending marker. If the file could not be written or loaded, the entries go in through
+    /// a write batch.
     fn load_index(
         &self,
         id: &str,
         batch: u64,
-        entries: impl Iterator<Item = (RecordId, RecordLocation)> + Clone,
-        file: Option<RecordsFile>,
+        entries: impl Iterator<Item = (RecordId, RecordLocation)>,
+        file: Result<RecordsFile, StoreError>,
     ) -> Result<(), DatanetError> {
-        let loaded = match file {
-            Some(file) => self.store.ingest_records_file(file),
-            None => {
-                let encoded = entries
-                    .clone()
-                    .map(|(r, l)| (record_key(id, &r), l.encode()));
-                self.store.bulk_load_records(&self.dirs.tmp, encoded)
-            }
-        };
         let mut done = self.store.batch();
-        if let Err(e) = loaded {
+        if let Err(e) = file.and_then(|f| self.store.ingest_records_file(f)) {
             tracing::warn!(datanet = id, batch, error = %e, "bulk index load failed; writing entries instead");
             for (record, location) in entries {
                 done.put(CF_RECORDS, record_key(id, &record), location.encode());
@@ -460,7 +464,8 @@ impl Datanets {
                 .map(|(row, record)| (record, location(row)))
                 .collect();
             merkle::sort_by_hash(&mut entries, |entry| &entry.0);
-            self.load_index(id, batch_id, entries.iter().copied(), None)?;
+            let file = self.write_index_files(id, &entries, |e| *e);
+            self.load_index(id, batch_id, entries.iter().copied(), file)?;
         }
         Ok(pending.len())
     }

@@ -249,23 +249,11 @@ impl Store {
         Ok(out)
     }
 
-    /// Loads entries, in ascending key order, into the record index through an SST file:
-    /// for a large batch this skips the memtable and the WAL, several times faster than a
-    /// write batch. The file is synced when written and RocksDB syncs its manifest on
-    /// ingestion, so the entries are durable when this returns. Unlike [`Batch::commit`] it
-    /// is not atomic with other writes; callers make it recoverable.
-    pub fn bulk_load_records<K: AsRef<[u8]>, V: AsRef<[u8]>>(
-        &self,
-        tmp_dir: &Path,
-        entries: impl IntoIterator<Item = (K, V)>,
-    ) -> Result<(), StoreError> {
-        let file = self.write_records_file(tmp_dir, entries)?;
-        self.ingest_records_file(file)
-    }
-
-    /// The first half of [`Store::bulk_load_records`]: writes the SST file (in `tmp_dir`,
-    /// removed if dropped unused), so that it can be built while other work runs and loaded
-    /// later.
+    /// Writes entries, in ascending key order, to an SST file for the record index (in
+    /// `tmp_dir`, removed if dropped unused), to be loaded with
+    /// [`Store::ingest_records_file`]. For a large batch this skips the memtable and the
+    /// WAL, several times faster than a write batch, and the file can be written while other
+    /// work runs.
     pub fn write_records_file<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         &self,
         tmp_dir: &Path,
@@ -286,8 +274,10 @@ impl Store {
         Ok(RecordsFile(vec![file]))
     }
 
-    /// The second half of [`Store::bulk_load_records`]: moves the files into the record
-    /// index, all in one ingestion.
+    /// Moves the files into the record index, all in one ingestion. The files are synced
+    /// when written and RocksDB syncs its manifest on ingestion, so the entries are durable
+    /// when this returns. Unlike [`Batch::commit`] it is not atomic with other writes;
+    /// callers make it recoverable.
     pub fn ingest_records_file(&self, file: RecordsFile) -> Result<(), StoreError> {
         let mut options = IngestExternalFileOptions::default();
         options.set_move_files(true);
