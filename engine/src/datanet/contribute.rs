@@ -1,7 +1,8 @@
 //! Contributions: a signed batch read, checked, deduplicated, written and committed.
 //!
-//! The work runs on two threads: a reader parses the upload into Arrow chunks and hashes them
-//! (record ids with BLAKE3, Merkle leaves with keccak256) while the calling thread validates,
+//! The work runs on two threads: a reader parses the upload into Arrow chunks, hashes them
+//! (record ids with BLAKE3, the first of each Merkle leaf's two keccak256s) and looks them up
+//! in the record index, while the calling thread finishes the leaves, validates,
 //! deduplicates and writes the Parquet segment. Memory stays bounded by a few chunks plus
 //! 32 bytes a record for the commitment and the index.
 //!
@@ -96,6 +97,9 @@ type IdMap = HashMap<RecordId, u32, BuildHasherDefault<IdHasher>>;
 struct HashedChunk {
     chunk: Chunk,
     ids: Vec<RecordId>,
+    /// `keccak256` of each id: the first half of its Merkle leaf, hashed on the reader's
+    /// thread, which has less to do than the writer's.
+    first_hashes: Vec<Hash>,
     /// Per id, the batch that first stored it, if the Datanet has it already; empty when
     /// the reader was given no lookup.
     stored_in: Vec<Option<u64>>,
@@ -122,13 +126,13 @@ fn read_hashed(
             loop {
                 let message = match reader.next_chunk(&mut report) {
                     Ok(Some(chunk)) => {
-                        // The leaves are left to the receiving thread, which has less to
-                        // do than this one.
                         let ids = record_ids(schema, &chunk.batch);
+                        let first_hashes = merkle::first_hashes_bytes32(&ids);
                         let stored_in = lookup.map_or(Ok(Vec::new()), |find| find(&ids));
                         stored_in.map(|stored_in| HashedChunk {
                             chunk,
                             ids,
+                            first_hashes,
                             stored_in,
                             bad_rows_so_far: report.total,
                         })
@@ -172,7 +176,7 @@ impl Datanets {
         let mut ids = Vec::new();
         let mut leaves = Vec::new();
         let errors = read_hashed(reader, schema, None, |hashed| {
-            merkle::push_leaves_bytes32(&hashed.ids, &mut leaves);
+            merkle::push_leaves_from_first(&hashed.first_hashes, &mut leaves);
             ids.extend_from_slice(&hashed.ids);
             Ok(())
         })?;
@@ -225,7 +229,7 @@ impl Datanets {
         let lookup = |ids: &[RecordId]| self.stored_in(id, ids);
         let read = read_hashed(reader, &schema, Some(&lookup), |hashed| {
             dedup.rows += hashed.ids.len() as u64;
-            merkle::push_leaves_bytes32(&hashed.ids, &mut dedup.leaves);
+            merkle::push_leaves_from_first(&hashed.first_hashes, &mut dedup.leaves);
             if reject_bad_rows && (hashed.bad_rows_so_far > 0 || !dedup.rejected.is_empty()) {
                 // The batch will be refused; read on only to report every problem.
                 return Ok(());

@@ -44,6 +44,21 @@ pub fn push_leaves_bytes32(values: &[Hash], leaves: &mut Vec<Hash>) {
     keccak::hash_many(&mut leaves[first..], true, |i| values[i]);
 }
 
+/// The first of the two hashes of [`leaf_bytes32`], `keccak256(value)`, of every value: a
+/// pipeline splits the leaf between two threads with it and [`push_leaves_from_first`].
+pub fn first_hashes_bytes32(values: &[Hash]) -> Vec<Hash> {
+    let mut first = vec![[0u8; 32]; values.len()];
+    keccak::hash_many(&mut first, false, |i| values[i]);
+    first
+}
+
+/// Appends the leaves whose first hashes ([`first_hashes_bytes32`]) are `first`.
+pub fn push_leaves_from_first(first: &[Hash], leaves: &mut Vec<Hash>) {
+    let start = leaves.len();
+    leaves.resize(start + first.len(), [0u8; 32]);
+    keccak::hash_many(&mut leaves[start..], false, |i| first[i]);
+}
+
 /// The leaf hash of an `(address, uint256)` pair, as payout trees use.
 pub fn leaf_address_uint256(address: &[u8; 20], amount: u128) -> Hash {
     keccak::hash(&keccak::hash(&address_uint256(address, amount)))
@@ -335,6 +350,9 @@ mod tests {
         let mut appended = leaves_bytes32(&values[..5]);
         push_leaves_bytes32(&values[5..], &mut appended);
         assert_eq!(appended, alone);
+        let mut split = leaves_bytes32(&values[..3]);
+        push_leaves_from_first(&first_hashes_bytes32(&values[3..]), &mut split);
+        assert_eq!(split, alone);
         let pair = |i: usize| {
             let mut address = [0u8; 20];
             address.copy_from_slice(&values[i][..20]);
