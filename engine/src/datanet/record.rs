@@ -124,16 +124,13 @@ pub fn record_ids(schema: &DatanetSchema, batch: &RecordBatch) -> Vec<RecordId> 
             encode(row, &mut buf);
             ends.push(buf.len());
         }
+        let mut messages: [&[u8]; GROUP] = [&[]; GROUP];
         let mut start = 0;
-        let messages: Vec<&[u8]> = ends
-            .iter()
-            .map(|&end| {
-                let message = &buf[start..end];
-                start = end;
-                message
-            })
-            .collect();
-        tributary_blake3::hash_many(&messages, out);
+        for (message, &end) in messages.iter_mut().zip(&ends) {
+            *message = &buf[start..end];
+            start = end;
+        }
+        tributary_blake3::hash_many(&messages[..out.len()], out);
     }
     ids
 }

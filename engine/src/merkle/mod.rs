@@ -39,24 +39,28 @@ pub fn leaves_bytes32(values: &[Hash]) -> Vec<Hash> {
 
 /// Appends [`leaf_bytes32`] of every value to `leaves`, hashed where they land.
 pub fn push_leaves_bytes32(values: &[Hash], leaves: &mut Vec<Hash>) {
-    let first = leaves.len();
-    leaves.resize(first + values.len(), [0u8; 32]);
-    keccak::hash_many(&mut leaves[first..], true, |i| values[i]);
+    push_keccak(values, true, leaves);
+}
+
+/// Appends `keccak256` of every value (of that again when `twice`) to `out`, hashed where
+/// they land.
+fn push_keccak(values: &[Hash], twice: bool, out: &mut Vec<Hash>) {
+    let start = out.len();
+    out.resize(start + values.len(), [0u8; 32]);
+    keccak::hash_many(&mut out[start..], twice, |i| values[i]);
 }
 
 /// The first of the two hashes of [`leaf_bytes32`], `keccak256(value)`, of every value: a
 /// pipeline splits the leaf between two threads with it and [`push_leaves_from_first`].
 pub fn first_hashes_bytes32(values: &[Hash]) -> Vec<Hash> {
-    let mut first = vec![[0u8; 32]; values.len()];
-    keccak::hash_many(&mut first, false, |i| values[i]);
+    let mut first = Vec::with_capacity(values.len());
+    push_keccak(values, false, &mut first);
     first
 }
 
 /// Appends the leaves whose first hashes ([`first_hashes_bytes32`]) are `first`.
 pub fn push_leaves_from_first(first: &[Hash], leaves: &mut Vec<Hash>) {
-    let start = leaves.len();
-    leaves.resize(start + first.len(), [0u8; 32]);
-    keccak::hash_many(&mut leaves[start..], false, |i| first[i]);
+    push_keccak(first, false, leaves);
 }
 
 /// The leaf hash of an `(address, uint256)` pair, as payout trees use.
