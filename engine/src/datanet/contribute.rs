@@ -18,16 +18,17 @@ use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanArray, Float64Array, RecordBatch, StringBuilder, TimestampMicrosecondArray,
-    UInt64Array,
+    ArrayRef, BooleanArray, FixedSizeBinaryArray, Float64Array, RecordBatch, StringBuilder,
+    TimestampMicrosecondArray, UInt64Array,
 };
+use arrow::buffer::Buffer;
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::SchemaRef;
 use chrono::Utc;
 
 use super::ingest::{self, Chunk, ChunkReader, ErrorReport, Input, InputFormat};
 use super::record::{record_ids, RecordId};
-use super::schema::{DatanetSchema, TIMEZONE};
+use super::schema::{DatanetSchema, RECORD_ID_BYTES, TIMEZONE};
 use super::segment::{persist_file, SegmentWriter};
 use super::service::{
     batch_key, datanet_key, invalid, record_id_hex, record_key, segment_relpath, DatanetError,
@@ -316,6 +317,7 @@ impl Datanets {
             }));
         }
         let accepted = dedup.new_records.len() as u64;
+        let finishing = std::time::Instant::now();
         let file = if accepted > 0 {
             Some(writer.finish().map_err(|e| cleanup(e.into()))?)
         } else {
@@ -332,9 +334,16 @@ impl Datanets {
             row,
             contributor: contribution.contributor,
         };
+        let finish_ms = finishing.elapsed().as_millis() as u64;
         let (root, synced, indexed) = std::thread::scope(|scope| {
-            let sync = file.as_ref().map(|f| scope.spawn(move || f.sync_all()));
+            let sync = file.as_ref().map(|f| {
+                scope.spawn(move || {
+                    let start = std::time::Instant::now();
+                    f.sync_all().map(|()| start.elapsed())
+                })
+            });
             let indexing = scope.spawn(|| {
+                let start = std::time::Instant::now();
                 // Sorted keys load into RocksDB several times faster than random ones.
                 let index = new_records.into_sorted();
                 let records_file = bulk.then(|| {
@@ -344,21 +353,23 @@ impl Datanets {
                         })
                         .ok()
                 });
-                (index, records_file.flatten())
+                (index, records_file.flatten(), start.elapsed())
             });
+            let start = std::time::Instant::now();
             let root = MerkleTree::from_leaves(leaves).root();
-            let synced = sync.map_or(Ok(()), |h| {
+            let root_ms = start.elapsed().as_millis() as u64;
+            let synced = sync.map_or(Ok(Default::default()), |h| {
                 h.join()
                     .unwrap_or_else(|_| Err(std::io::Error::other("segment sync panicked")))
             });
-            (root, synced, indexing.join())
+            (root, synced.map(|t| (t, root_ms)), indexing.join())
         });
-        let Ok((index, records_file)) = indexed else {
+        let Ok((index, records_file, index_time)) = indexed else {
             return Err(cleanup(DatanetError::Io(std::io::Error::other(
                 "sorting the batch's index panicked",
             ))));
         };
-        synced.map_err(|e| cleanup(e.into()))?;
+        let (sync_time, root_ms) = synced.map_err(|e| cleanup(e.into()))?;
         drop(file);
         let recovered =
             recover_personal(&root, &contribution.signature).map_err(|e| cleanup(e.into()))?;
@@ -436,6 +447,10 @@ impl Datanets {
             rows = batch.rows,
             read_ms = read_done.as_millis() as u64,
             verify_ms = (verified - read_done).as_millis() as u64,
+            finish_ms,
+            root_ms,
+            sync_ms = sync_time.as_millis() as u64,
+            index_ms = index_time.as_millis() as u64,
             persist_ms = (persisted - verified).as_millis() as u64,
             commit_ms = (started.elapsed() - persisted).as_millis() as u64,
             "contribution committed"
@@ -452,11 +467,16 @@ impl Datanets {
         entry: impl Fn(&T) -> (RecordId, RecordLocation) + Sync,
     ) -> Result<RecordsFile, StoreError> {
         let write = |part: &[T]| {
-            let encoded = part.iter().map(|t| {
-                let (record, location) = entry(t);
-                (record_key(id, &record), location.encode())
-            });
-            self.store.write_records_file(&self.dirs.tmp, encoded)
+            self.store.write_records_file(&self.dirs.tmp, |put| {
+                let mut key = record_key(id, &[0; 32]);
+                let at = key.len() - std::mem::size_of::<RecordId>();
+                for t in part {
+                    let (record, location) = entry(t);
+                    key[at..].copy_from_slice(&record);
+                    put(&key, &location.encode())?;
+                }
+                Ok(())
+            })
         };
         let (low, high) = sorted.split_at(sorted.len() / 2);
         if low.is_empty() {
@@ -535,17 +555,41 @@ impl Datanets {
 
     /// For each of `ids`, the batch of Datanet `id` that stored it, if one has.
     fn stored_in(&self, id: &str, ids: &[RecordId]) -> Result<Vec<Option<u64>>, DatanetError> {
-        let keys: Vec<Vec<u8>> = ids.iter().map(|r| record_key(id, r)).collect();
-        Ok(self
-            .store
-            .multi_get(CF_RECORDS, &keys)?
-            .into_iter()
-            .map(|found| {
-                found
-                    .and_then(|bytes| RecordLocation::decode(&bytes))
-                    .map(|l| l.batch)
+        // RocksDB's batched lookup wants its keys in order (it sorts them itself otherwise,
+        // comparing whole keys); ids are uniform, so their first eight bytes nearly always
+        // decide.
+        let mut order: Vec<(u64, u32)> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                (
+                    u64::from_be_bytes(r[..8].try_into().unwrap_or_default()),
+                    i as u32,
+                )
             })
-            .collect())
+            .collect();
+        order.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| ids[a.1 as usize].cmp(&ids[b.1 as usize]))
+        });
+        // The keys side by side in one buffer, not an allocation each.
+        let width = id.len() + 1 + std::mem::size_of::<RecordId>();
+        let mut keys = Vec::with_capacity(ids.len() * width);
+        for &(_, i) in &order {
+            keys.extend_from_slice(id.as_bytes());
+            keys.push(0);
+            keys.extend_from_slice(&ids[i as usize]);
+        }
+        let found = self
+            .store
+            .multi_get(CF_RECORDS, keys.chunks_exact(width), true, |found| {
+                found.and_then(RecordLocation::decode).map(|l| l.batch)
+            })?;
+        let mut stored_in = vec![None; ids.len()];
+        for ((_, i), batch) in order.into_iter().zip(found) {
+            stored_in[i as usize] = batch;
+        }
+        Ok(stored_in)
     }
 
     /// Validates, deduplicates and writes one chunk.
@@ -659,19 +703,17 @@ impl Dedup {
         quality: Vec<f64>,
     ) -> Result<RecordBatch, DatanetError> {
         let n = batch.num_rows();
-        let mut record_ids = StringBuilder::with_capacity(n, n * 64);
-        let mut hex = [0u8; 64];
-        for record in ids {
-            // Encoding 32 bytes into 64 always fits, and hex digits are always UTF-8.
-            let _ = hex::encode_to_slice(record, &mut hex);
-            record_ids.append_value(std::str::from_utf8(&hex).unwrap_or_default());
-        }
+        let record_ids = FixedSizeBinaryArray::new(
+            RECORD_ID_BYTES,
+            Buffer::from_slice_ref(ids.as_flattened()),
+            None,
+        );
         let mut contributors = StringBuilder::with_capacity(n, n * self.contributor.len());
         for _ in 0..n {
             contributors.append_value(&self.contributor);
         }
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-        columns.push(Arc::new(record_ids.finish()));
+        columns.push(Arc::new(record_ids));
         columns.push(Arc::new(contributors.finish()));
         columns.push(Arc::new(UInt64Array::from_value(self.batch_id, n)));
         columns.push(Arc::new(
@@ -715,6 +757,77 @@ mod tests {
         let rows: Vec<(RecordId, u32)> =
             vec![(id(1, 0), 0), (id(1, 1), 1), (id(1, 2), 2), (id(2, 0), 3)];
         assert_eq!(sorted, rows);
+    }
+
+    /// Segments written before `_record_id` was stored as bytes hold hex; they still give
+    /// their ids (for rebuilding the index) and export as before.
+    #[test]
+    fn segments_with_hex_record_ids_still_read_and_export() {
+        use arrow::array::{Array, AsArray, StringArray};
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let datanets = Datanets::open(dir.path()).expect("open");
+        datanets
+            .create(serde_json::from_str(SPEC).expect("spec"), "carol")
+            .expect("create");
+        let datanet = datanets.get("notes").expect("get");
+        let rows = "{\"text\": \"a\"}\n{\"text\": \"b\"}\n";
+        let input = || Input::Stream(Box::new(Cursor::new(rows.as_bytes().to_vec())));
+        let commitment =
+            Datanets::commitment(&datanet, InputFormat::Jsonl, input()).expect("commitment");
+        let key = Key::generate();
+        let contribution = Contribution {
+            format: InputFormat::Jsonl,
+            contributor: key.address(),
+            signature: key.sign_personal(&commitment.root),
+        };
+        let batch = datanets
+            .contribute("notes", contribution, input())
+            .expect("contribute");
+        let rel = batch.segment.expect("a segment");
+        let path = dir.path().join(&rel);
+        let stored: Vec<RecordBatch> = super::super::segment::read(&path, None)
+            .expect("read")
+            .map(|b| b.expect("batch"))
+            .collect();
+        assert_eq!(
+            stored[0].column(1).data_type(),
+            &arrow::datatypes::DataType::FixedSizeBinary(32)
+        );
+        // Rewrite it as the older format.
+        let legacy_schema = datanet.spec.schema.export_schema();
+        let tmp = dir.path().join("tmp").join("legacy.parquet");
+        let mut writer =
+            SegmentWriter::create(tmp.clone(), legacy_schema.clone(), "text").expect("writer");
+        for part in &stored {
+            let mut columns = part.columns().to_vec();
+            let hex: Vec<String> = columns[1]
+                .as_fixed_size_binary()
+                .iter()
+                .map(|id| hex::encode(id.expect("id")))
+                .collect();
+            columns[1] = Arc::new(StringArray::from(hex));
+            writer
+                .write(&RecordBatch::try_new(legacy_schema.clone(), columns).expect("batch"))
+                .expect("write");
+        }
+        writer.finish().expect("finish");
+        persist_file(&tmp, &path).expect("persist");
+
+        let ids = datanets.segment_record_ids(&rel).expect("ids");
+        assert_eq!(ids, commitment.ids);
+        datanets.publish("notes").expect("publish");
+        let export = datanets.export("notes", 1).expect("export");
+        let exported: Vec<String> = super::super::segment::read(&export, Some(&["_record_id"]))
+            .expect("read export")
+            .flat_map(|b| {
+                let b = b.expect("batch");
+                let column = b.column(0).as_string::<i32>().clone();
+                (0..column.len()).map(move |i| column.value(i).to_string())
+            })
+            .collect();
+        let expected: Vec<String> = commitment.ids.iter().map(hex::encode).collect();
+        assert_eq!(exported, expected);
     }
 
     #[test]

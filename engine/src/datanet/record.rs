@@ -38,7 +38,8 @@ enum Column<'a> {
     Float(&'a Float64Array),
     Bool(&'a BooleanArray),
     Ts(&'a TimestampMicrosecondArray),
-    List(&'a ListArray),
+    /// The list and its items.
+    List((&'a ListArray, &'a StringArray)),
 }
 
 fn put_str(buf: &mut Vec<u8>, s: &str) {
@@ -64,7 +65,10 @@ pub fn record_ids(schema: &DatanetSchema, batch: &RecordBatch) -> Vec<RecordId> 
                 FieldType::Timestamp => {
                     Column::Ts(array.as_primitive::<TimestampMicrosecondType>())
                 }
-                FieldType::ListOfStrings => Column::List(array.as_list::<i32>()),
+                FieldType::ListOfStrings => {
+                    let list = array.as_list::<i32>();
+                    Column::List((list, list.values().as_string::<i32>()))
+                }
             };
             let mut header = Vec::with_capacity(spec.name.len() + 5);
             put_str(&mut header, &spec.name);
@@ -82,7 +86,7 @@ pub fn record_ids(schema: &DatanetSchema, batch: &RecordBatch) -> Vec<RecordId> 
                 Column::Float(a) => a.is_valid(row),
                 Column::Bool(a) => a.is_valid(row),
                 Column::Ts(a) => a.is_valid(row),
-                Column::List(a) => a.is_valid(row),
+                Column::List((a, _)) => a.is_valid(row),
             };
             if !present {
                 continue;
@@ -98,11 +102,13 @@ pub fn record_ids(schema: &DatanetSchema, batch: &RecordBatch) -> Vec<RecordId> 
                 }
                 Column::Bool(a) => buf.push(u8::from(a.value(row))),
                 Column::Ts(a) => buf.extend_from_slice(&a.value(row).to_le_bytes()),
-                Column::List(a) => {
-                    let items = a.value(row);
-                    let items = items.as_string::<i32>();
-                    buf.extend_from_slice(&(items.len() as u32).to_le_bytes());
-                    for i in 0..items.len() {
+                Column::List((a, items)) => {
+                    // The row's items read in place: `ListArray::value` would build a
+                    // sliced array (an allocation and reference counts) for every record.
+                    let offsets = a.value_offsets();
+                    let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
+                    buf.extend_from_slice(&((end - start) as u32).to_le_bytes());
+                    for i in start..end {
                         put_str(buf, items.value(i));
                     }
                 }

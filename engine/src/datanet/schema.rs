@@ -193,21 +193,35 @@ impl DatanetSchema {
         Arc::new(Schema::new(fields))
     }
 
-    /// The Arrow schema of a segment: the curator's columns, then the system columns.
+    /// The Arrow schema of a segment: the curator's columns, then the system columns, with
+    /// `_record_id` as its 32 bytes.
     pub fn segment_schema(&self) -> SchemaRef {
+        self.with_system_fields(DataType::FixedSizeBinary(RECORD_ID_BYTES))
+    }
+
+    /// The Arrow schema of a version's export: a segment's, with `_record_id` as the 64 hex
+    /// digits the API shows, for people reading the file with pyarrow or DuckDB.
+    pub fn export_schema(&self) -> SchemaRef {
+        self.with_system_fields(DataType::Utf8)
+    }
+
+    fn with_system_fields(&self, record_id: DataType) -> SchemaRef {
         let mut fields: Vec<Field> = self
             .fields
             .iter()
             .map(|f| Field::new(&f.name, f.field_type.arrow_type(), !f.required))
             .collect();
-        fields.extend(system_fields());
+        fields.extend(system_fields(record_id));
         Arc::new(Schema::new(fields))
     }
 }
 
-pub fn system_fields() -> Vec<Field> {
+/// A record id's length in a segment's `_record_id`.
+pub const RECORD_ID_BYTES: i32 = 32;
+
+fn system_fields(record_id: DataType) -> Vec<Field> {
     vec![
-        Field::new(COL_RECORD_ID, DataType::Utf8, false),
+        Field::new(COL_RECORD_ID, record_id, false),
         Field::new(COL_CONTRIBUTOR, DataType::Utf8, false),
         Field::new(COL_BATCH, DataType::UInt64, false),
         Field::new(COL_SUBMITTED_AT, timestamp_type(), false),

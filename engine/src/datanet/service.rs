@@ -517,12 +517,31 @@ impl Datanets {
 
     /// The record ids of a segment, in row order.
     pub(crate) fn segment_record_ids(&self, rel: &str) -> Result<Vec<RecordId>, DatanetError> {
+        let path = self.dirs.root.join(rel);
+        let corrupt = |message: String| SegmentError::Format {
+            path: path.display().to_string(),
+            message,
+        };
         let mut ids = Vec::new();
-        for batch in segment::read(&self.dirs.root.join(rel), Some(&[COL_RECORD_ID]))? {
+        for batch in segment::read(&path, Some(&[COL_RECORD_ID]))? {
             let batch = batch?;
-            let column = batch.column(0).as_string::<i32>();
-            for i in 0..column.len() {
-                ids.push(parse_record_id(column.value(i), COL_RECORD_ID)?);
+            let column = batch.column(0);
+            if let Some(binary) = column.as_fixed_size_binary_opt() {
+                for value in binary.iter().flatten() {
+                    ids.push(value.try_into().map_err(|_| {
+                        corrupt(format!(
+                            "{COL_RECORD_ID} holds a value of {} bytes",
+                            value.len()
+                        ))
+                    })?);
+                }
+            } else if let Some(hex) = column.as_string_opt::<i32>() {
+                // Segments written before ids were stored as bytes hold them as hex.
+                for value in hex.iter().flatten() {
+                    ids.push(parse_record_id(value, COL_RECORD_ID)?);
+                }
+            } else {
+                return Err(corrupt(format!("{COL_RECORD_ID} is {}", column.data_type())).into());
             }
         }
         Ok(ids)

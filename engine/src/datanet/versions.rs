@@ -5,11 +5,14 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::PathBuf;
 
-use arrow::array::{BooleanArray, RecordBatch};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringBuilder};
 use arrow::compute::filter_record_batch;
 use chrono::Utc;
 use parquet::arrow::ArrowWriter;
 
+use super::schema::COL_RECORD_ID;
 use super::segment::{self, SegmentError};
 use super::service::{
     datanet_key, invalid, parse_record_id, record_id_hex, DatanetError, Datanets,
@@ -165,7 +168,10 @@ impl Datanets {
         if path.exists() {
             return Ok(path);
         }
-        let schema = manifest.schema.segment_schema();
+        let schema = manifest.schema.export_schema();
+        let record_id_column = schema
+            .index_of(COL_RECORD_ID)
+            .map_err(|e| invalid("schema", e.to_string()))?;
         let tmp = tempfile::NamedTempFile::new_in(&self.dirs.tmp)?;
         let (file, tmp_path) = tmp.keep().map_err(|e| e.error)?;
         let result = (|| -> Result<(), DatanetError> {
@@ -201,7 +207,9 @@ impl Datanets {
                         filter_record_batch(&batch, &BooleanArray::from(keep))
                             .map_err(|e| invalid("segments", e.to_string()))?
                     };
-                    let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())
+                    let mut columns = batch.columns().to_vec();
+                    columns[record_id_column] = hex_record_ids(&columns[record_id_column]);
+                    let batch = RecordBatch::try_new(schema.clone(), columns)
                         .map_err(|e| invalid("segments", e.to_string()))?;
                     writer.write(&batch).map_err(|e| SegmentError::Format {
                         path: tmp_path.display().to_string(),
@@ -224,4 +232,24 @@ impl Datanets {
         segment::persist_file(&tmp_path, &path)?;
         Ok(path)
     }
+}
+
+/// A segment's `_record_id` as the hex an export carries; segments written before ids were
+/// stored as bytes already hold hex, and pass through.
+fn hex_record_ids(column: &ArrayRef) -> ArrayRef {
+    let Some(binary) = column.as_fixed_size_binary_opt() else {
+        return column.clone();
+    };
+    let mut hex = StringBuilder::with_capacity(binary.len(), binary.len() * 64);
+    let mut digits = [0u8; 64];
+    for value in binary.iter() {
+        match value {
+            Some(id) if hex::encode_to_slice(id, &mut digits).is_ok() => {
+                // Hex digits are ASCII.
+                hex.append_value(std::str::from_utf8(&digits).unwrap_or_default());
+            }
+            _ => hex.append_null(),
+        }
+    }
+    Arc::new(hex.finish())
 }
