@@ -27,6 +27,7 @@ use arrow::datatypes::SchemaRef;
 use chrono::Utc;
 
 use super::ingest::{self, Chunk, ChunkReader, ErrorReport, Input, InputFormat};
+use super::known::KnownIds;
 use super::record::{record_ids, RecordId};
 use super::schema::{DatanetSchema, RECORD_ID_BYTES, TIMEZONE};
 use super::segment::{persist_file, SegmentWriter};
@@ -287,7 +288,16 @@ impl Datanets {
         let started = std::time::Instant::now();
         // The reader thread looks each chunk up in the record index, which nothing else
         // changes for this Datanet while its lock is held.
-        let lookup = |ids: &[RecordId]| self.stored_in(id, ids);
+        let known = self.known_ids(id)?;
+        let mut known = known.lock().unwrap_or_else(|p| p.into_inner());
+        let known_now: &KnownIds = &known;
+        let lookup = |ids: &[RecordId]| self.stored_in(id, ids, known_now);
+        let destination = Destination {
+            id,
+            datanet: &datanet,
+            chain: &chain,
+            known: known_now,
+        };
         let read = read_hashed(reader, &schema, Some(&lookup), |hashed| {
             dedup.rows += hashed.ids.len() as u64;
             merkle::push_leaves_from_first(&hashed.first_hashes, &mut dedup.leaves);
@@ -295,7 +305,7 @@ impl Datanets {
                 // The batch will be refused; read on only to report every problem.
                 return Ok(());
             }
-            self.store_chunk(id, &datanet, &chain, hashed, &mut dedup, &mut writer)
+            self.store_chunk(&destination, hashed, &mut dedup, &mut writer)
         });
 
         let read_done = started.elapsed();
@@ -433,6 +443,10 @@ impl Datanets {
         write.put_json(CF_CATALOG, datanet_key(id), &datanet)?;
         let persisted = started.elapsed();
         write.commit()?;
+        // Before anything else can fail: the next contribution's lookups trust the filter.
+        for (record, _) in &index {
+            known.insert(record);
+        }
         if let Some(file) = records_file {
             self.load_index(
                 id,
@@ -553,14 +567,21 @@ impl Datanets {
         Ok(pending.len())
     }
 
-    /// For each of `ids`, the batch of Datanet `id` that stored it, if one has.
-    fn stored_in(&self, id: &str, ids: &[RecordId]) -> Result<Vec<Option<u64>>, DatanetError> {
+    /// For each of `ids`, the batch of Datanet `id` that stored it, if one has. Only the ids
+    /// `known` may hold are looked up.
+    fn stored_in(
+        &self,
+        id: &str,
+        ids: &[RecordId],
+        known: &KnownIds,
+    ) -> Result<Vec<Option<u64>>, DatanetError> {
         // RocksDB's batched lookup wants its keys in order (it sorts them itself otherwise,
         // comparing whole keys); ids are uniform, so their first eight bytes nearly always
         // decide.
         let mut order: Vec<(u64, u32)> = ids
             .iter()
             .enumerate()
+            .filter(|(_, r)| known.may_contain(r))
             .map(|(i, r)| {
                 (
                     u64::from_be_bytes(r[..8].try_into().unwrap_or_default()),
@@ -572,6 +593,10 @@ impl Datanets {
             a.0.cmp(&b.0)
                 .then_with(|| ids[a.1 as usize].cmp(&ids[b.1 as usize]))
         });
+        let mut stored_in = vec![None; ids.len()];
+        if order.is_empty() {
+            return Ok(stored_in);
+        }
         // The keys side by side in one buffer, not an allocation each.
         let width = id.len() + 1 + std::mem::size_of::<RecordId>();
         let mut keys = Vec::with_capacity(ids.len() * width);
@@ -585,7 +610,6 @@ impl Datanets {
             .multi_get(CF_RECORDS, keys.chunks_exact(width), true, |found| {
                 found.and_then(RecordLocation::decode).map(|l| l.batch)
             })?;
-        let mut stored_in = vec![None; ids.len()];
         for ((_, i), batch) in order.into_iter().zip(found) {
             stored_in[i as usize] = batch;
         }
@@ -595,13 +619,17 @@ impl Datanets {
     /// Validates, deduplicates and writes one chunk.
     fn store_chunk(
         &self,
-        id: &str,
-        datanet: &Datanet,
-        chain: &ValidatorChain,
+        to: &Destination<'_>,
         hashed: HashedChunk,
         dedup: &mut Dedup,
         writer: &mut SegmentWriter,
     ) -> Result<(), DatanetError> {
+        let Destination {
+            id,
+            datanet,
+            chain,
+            known,
+        } = *to;
         let HashedChunk {
             mut chunk,
             mut ids,
@@ -627,7 +655,7 @@ impl Datanets {
             // What is stored is what the validators left; its ids are of that.
             ids = record_ids(&datanet.spec.schema, &rewritten);
             chunk.batch = rewritten;
-            stored_in = self.stored_in(id, &ids)?;
+            stored_in = self.stored_in(id, &ids, known)?;
         }
         let mut keep = Vec::with_capacity(ids.len());
         let mut kept_ids = Vec::with_capacity(ids.len());
@@ -670,6 +698,16 @@ impl Datanets {
         writer.write(&dedup.with_system_columns(&rows, &kept_ids, quality)?)?;
         Ok(())
     }
+}
+
+/// The Datanet a contribution's chunks are stored into, with its validators and the ids
+/// its index may hold.
+#[derive(Clone, Copy)]
+struct Destination<'a> {
+    id: &'a str,
+    datanet: &'a Datanet,
+    chain: &'a ValidatorChain,
+    known: &'a KnownIds,
 }
 
 /// The writer side's state while a batch streams in.
@@ -828,6 +866,51 @@ mod tests {
             .collect();
         let expected: Vec<String> = commitment.ids.iter().map(hex::encode).collect();
         assert_eq!(exported, expected);
+    }
+
+    /// The in-memory filter of known ids is rebuilt from the index after a restart, and
+    /// grows with every batch: duplicates of records stored before and after are found.
+    #[test]
+    fn duplicates_are_found_across_restarts_and_batches() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = Key::generate();
+        let contribute = |datanets: &Datanets, rows: &str| {
+            let datanet = datanets.get("notes").expect("get");
+            let input = || Input::Stream(Box::new(Cursor::new(rows.as_bytes().to_vec())));
+            let commitment =
+                Datanets::commitment(&datanet, InputFormat::Jsonl, input()).expect("commitment");
+            let contribution = Contribution {
+                format: InputFormat::Jsonl,
+                contributor: key.address(),
+                signature: key.sign_personal(&commitment.root),
+            };
+            datanets
+                .contribute("notes", contribution, input())
+                .expect("contribute")
+        };
+        {
+            let datanets = Datanets::open(dir.path()).expect("open");
+            datanets
+                .create(serde_json::from_str(SPEC).expect("spec"), "carol")
+                .expect("create");
+            let first = contribute(&datanets, "{\"text\": \"a\"}\n{\"text\": \"b\"}\n");
+            assert_eq!((first.accepted, first.duplicates), (2, 0));
+        }
+        let datanets = Datanets::open(dir.path()).expect("reopen");
+        let second = contribute(&datanets, "{\"text\": \"b\"}\n{\"text\": \"c\"}\n");
+        assert_eq!((second.accepted, second.duplicates), (1, 1));
+        assert_eq!(second.duplicate_examples[0].first_batch, 1);
+        let third = contribute(
+            &datanets,
+            "{\"text\": \"c\"}\n{\"text\": \"a\"}\n{\"text\": \"d\"}\n",
+        );
+        assert_eq!((third.accepted, third.duplicates), (1, 2));
+        let firsts: Vec<u64> = third
+            .duplicate_examples
+            .iter()
+            .map(|d| d.first_batch)
+            .collect();
+        assert_eq!(firsts, vec![2, 1]);
     }
 
     #[test]

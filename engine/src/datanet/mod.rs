@@ -5,6 +5,7 @@
 
 pub mod contribute;
 pub mod ingest;
+mod known;
 pub mod record;
 pub mod schema;
 pub mod segment;

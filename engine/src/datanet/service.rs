@@ -12,6 +12,7 @@ use arrow::array::{Array, AsArray};
 use chrono::Utc;
 
 use super::ingest::{ErrorReport, IngestError};
+use super::known::KnownIds;
 use super::record::RecordId;
 use super::schema::{SchemaError, COL_QUALITY, COL_RECORD_ID};
 use super::segment::{self, SegmentError};
@@ -117,6 +118,9 @@ pub struct Datanets {
     /// One lock per Datanet: contributions, reviews and publications of a Datanet run one at a
     /// time, which keeps deduplication exact.
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Per Datanet, the record ids its index may hold, built the first time a contribution
+    /// needs them; changed only under the Datanet's lock.
+    known: Mutex<HashMap<String, Arc<Mutex<KnownIds>>>>,
     pub(crate) validators: ValidatorChain,
     /// Where the validator plugins that Datanets attach are found.
     pub(crate) resolver: Option<Arc<dyn ValidatorResolver>>,
@@ -225,6 +229,7 @@ impl Datanets {
             store,
             dirs,
             locks: Mutex::new(HashMap::new()),
+            known: Mutex::new(HashMap::new()),
             qualities: Mutex::new(HashMap::new()),
             validators: ValidatorChain::default(),
             resolver: None,
@@ -343,6 +348,40 @@ impl Datanets {
     pub(crate) fn lock(&self, id: &str) -> Arc<Mutex<()>> {
         let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         locks.entry(id.to_string()).or_default().clone()
+    }
+
+    /// The record ids Datanet `id`'s index may hold; the first call reads them from the
+    /// index. Callers hold the Datanet's lock, so no batch commits between the read and the
+    /// filter being kept.
+    pub(crate) fn known_ids(&self, id: &str) -> Result<Arc<Mutex<KnownIds>>, DatanetError> {
+        if let Some(known) = self.known.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            return Ok(known.clone());
+        }
+        let prefix = record_key(id, &[0; 32]);
+        let prefix = &prefix[..prefix.len() - 32];
+        let mut ids = Vec::new();
+        self.store.for_each_prefix(CF_RECORDS, prefix, |key, _| {
+            if let Ok(record) = RecordId::try_from(&key[prefix.len()..]) {
+                ids.push(record);
+            }
+            Ok(())
+        })?;
+        // Room to grow to twice what is there before the filter chains another.
+        let mut known = KnownIds::with_capacity(2 * ids.len());
+        for record in &ids {
+            known.insert(record);
+        }
+        tracing::debug!(
+            datanet = id,
+            ids = known.len(),
+            "read the ids the record index holds"
+        );
+        let known = Arc::new(Mutex::new(known));
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), known.clone());
+        Ok(known)
     }
 
     // ---- catalog ----
