@@ -285,7 +285,13 @@ fn attack(plugins: &Plugins, datanet: &Datanet, name: &str) -> Result<usize, Plu
     let config = serde_json::json!({ "attack": name }).to_string();
     WasmValidator::new(plugin)
         .call(datanet, &config, &batch, &mut StateChanges::default())
-        .map(|v| v.quality.len())
+        .map(|answer| {
+            answer
+                .unpack(batch.num_rows())
+                .expect("a well-formed answer")
+                .verdicts
+                .len()
+        })
 }
 
 #[test]
@@ -513,7 +519,7 @@ fn components_are_checked_against_their_manifest_at_install() {
     let wasm = std::fs::read(artifacts::HOSTILE.component).expect("component");
     assert_eq!(
         tributary::plugin::api_version::stamped(&wasm).as_deref(),
-        Some("0.1.0")
+        Some("0.1.2")
     );
     let manifest = "id = \"sneaky\"\nversion = \"1\"\nkind = \"validator\"\nwit = \"0.1.0\"\ncapabilities = [\"log\"]\n";
     let err = s
@@ -555,7 +561,8 @@ fn probe(plugins: &Plugins, datanet: &Datanet, config: serde_json::Value) -> Str
             &batch,
             &mut StateChanges::default(),
         )
-        .expect_err("probes report through their error")
+        .err()
+        .expect("probes report through their error")
         .to_string()
 }
 
@@ -653,7 +660,7 @@ fn the_signer_and_http_capabilities_work_only_as_granted() {
 fn a_component_stamped_with_an_unsupported_api_version_is_refused() {
     let s = setup("");
     let mut wasm = std::fs::read(artifacts::TEXT_QUALITY.component).expect("component");
-    let section = b"tributary-api-version0.1.0";
+    let section = b"tributary-api-version0.1.2";
     let at = wasm
         .windows(section.len())
         .position(|w| w == section)
@@ -869,4 +876,127 @@ fn a_ledger_adapter_from_before_0_1_1_loads_and_reports_no_claims() {
     let err = ledger::claimed(&merkle, &settlement, &receipt, &config, &mut state)
         .expect_err("off the allow-list");
     assert!(err.to_string().contains("allow-list"), "{err}");
+}
+
+/// A batch of every field type, with absent values, crosses 0.1.2's packed interface and
+/// 0.1.0's typed one alike: the validator reads the same values and its verdicts (qualities,
+/// rejections, rewrites) come back the same.
+#[test]
+fn packed_and_typed_batches_read_and_answer_alike() {
+    use arrow::array::{
+        BooleanArray, Float64Array, Int64Array, ListBuilder, StringArray, StringBuilder,
+        TimestampMicrosecondArray,
+    };
+    use tributary::plugin::validator::Answer;
+
+    let s = setup("[plugins.hostile]\ngrant = [\"log\"]\n");
+    install(&s.plugins, &artifacts::HOSTILE);
+    let spec = serde_json::json!({
+        "id": "every-type", "name": "Every type", "license": "CC0-1.0", "review": "auto",
+        "schema": {"text_field": "text", "fields": [
+            {"name": "text", "type": "string", "required": true},
+            {"name": "n", "type": "int64"},
+            {"name": "x", "type": "float64"},
+            {"name": "ok", "type": "bool"},
+            {"name": "at", "type": "timestamp"},
+            {"name": "tags", "type": "list<string>"},
+            {"name": "note", "type": "string"}
+        ]},
+    });
+    let datanet = s
+        .datanets
+        .create(serde_json::from_value(spec).expect("spec"), "carol")
+        .expect("create");
+    let mut tags = ListBuilder::new(StringBuilder::new());
+    for row in [vec!["a", "bé"], vec![], vec!["c"]] {
+        for t in row {
+            tags.values().append_value(t);
+        }
+        tags.append(true);
+    }
+    tags.append(false);
+    let columns: Vec<Arc<dyn Array>> = vec![
+        Arc::new(StringArray::from(vec!["first", "café", "", "last"])),
+        Arc::new(Int64Array::from(vec![
+            Some(-1),
+            None,
+            Some(i64::MAX),
+            Some(0),
+        ])),
+        Arc::new(Float64Array::from(vec![
+            Some(0.5),
+            Some(-2.25),
+            None,
+            Some(1e300),
+        ])),
+        Arc::new(BooleanArray::from(vec![
+            Some(true),
+            Some(false),
+            None,
+            Some(true),
+        ])),
+        Arc::new(
+            TimestampMicrosecondArray::from(vec![Some(1), None, Some(-5), Some(7)])
+                .with_timezone("UTC"),
+        ),
+        Arc::new(tags.finish()),
+        Arc::new(StringArray::from(vec![None, Some("x"), None, Some("ünï")])),
+    ];
+    let whole = RecordBatch::try_new(datanet.spec.schema.arrow_schema(), columns).expect("batch");
+    // A slice starts its offsets past zero, which both paths rebase: the four rows above
+    // come after a copy of the last one.
+    let padded = arrow::compute::concat_batches(&whole.schema(), [&whole.slice(3, 1), &whole])
+        .expect("concat");
+    let batch = padded.slice(1, 4);
+    let plugin = s
+        .plugins
+        .get_kind("hostile", PluginKind::Validator)
+        .expect("hostile");
+    assert!(
+        plugin.takes_packed_batches(),
+        "an SDK validator exports packed-validation"
+    );
+    let config = serde_json::json!({ "attack": "echo" }).to_string();
+    let mut state = StateChanges::default();
+    let packed = WasmValidator::new(plugin.clone())
+        .call(&datanet, &config, &batch, &mut state)
+        .expect("packed call");
+    assert!(matches!(packed, Answer::Packed(_)));
+    let typed = WasmValidator::typed_only(plugin)
+        .call(&datanet, &config, &batch, &mut state)
+        .expect("typed call");
+    assert!(matches!(typed, Answer::Typed(_)));
+    let packed = packed.unpack(4).expect("packed verdicts");
+    let typed = typed.unpack(4).expect("typed verdicts");
+    assert_eq!(packed, typed);
+
+    use tributary::datanet::validate::{FieldValue, Verdict};
+    assert_eq!(packed.verdicts[0], Verdict::Accept { quality: 1.0 });
+    assert_eq!(packed.verdicts[2], Verdict::Accept { quality: 1.0 / 3.0 });
+    assert_eq!(
+        packed.verdicts[1],
+        Verdict::Reject {
+            reason: "String(\"café\") | Null | Float64(-2.25) | Bool(false) | Null | StringList([]) | String(\"x\")"
+                .into()
+        }
+    );
+    assert_eq!(
+        packed.verdicts[3],
+        Verdict::Reject {
+            reason: "String(\"last\") | Int64(0) | Float64(1e300) | Bool(true) | Timestamp(7) | Null | String(\"ünï\")"
+                .into()
+        }
+    );
+    let rewritten: Vec<(usize, usize, FieldValue)> = packed
+        .rewrites
+        .iter()
+        .map(|r| (r.row, r.field, r.value.clone()))
+        .collect();
+    assert_eq!(
+        rewritten,
+        vec![
+            (0, 0, FieldValue::String("String(\"first\") | Int64(-1) | Float64(0.5) | Bool(true) | Timestamp(1) | StringList([\"a\", \"bé\"]) | Null".into())),
+            (2, 0, FieldValue::String(format!("String(\"\") | Int64({}) | Null | Null | Timestamp(-5) | StringList([\"c\"]) | Null", i64::MAX))),
+        ]
+    );
 }

@@ -43,7 +43,7 @@ fn plugins_install_attach_validate_and_remove_through_the_cli() {
     );
     assert_eq!(info["id"], "text-quality");
     assert_eq!(info["kind"], "validator");
-    assert_eq!(info["api_version"], "0.1.0");
+    assert_eq!(info["api_version"], "0.1.2");
     let listed = server.cli_json(Some(&curator), &["plugin", "list"]);
     assert_eq!(listed.as_array().map(Vec::len), Some(1));
 

@@ -48,10 +48,12 @@ macro_rules! plugin_world {
     };
 }
 
+/// 0.1.2's validator world: 0.1.0's, plus the `packed-validation` export.
 #[cfg(feature = "validator")]
 pub mod validator {
     plugin_world!(
-        "tributary:plugins/validator@0.1.0",
+        ["../wit/0.1.0", "../wit/0.1.2"],
+        "tributary:plugins/validator@0.1.2",
         "::tributary_sdk::__private::validator"
     );
 }

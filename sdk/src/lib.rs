@@ -44,6 +44,8 @@ mod cached;
 pub mod capabilities;
 #[cfg(feature = "ledger-adapter")]
 pub mod ledger;
+#[cfg(feature = "validator")]
+mod packed;
 #[cfg(feature = "reward-policy")]
 pub mod reward;
 #[cfg(feature = "validator")]
@@ -53,9 +55,9 @@ pub use capabilities::{config, http, kv, log, signer};
 
 /// The newest version of the WIT package this SDK implements. Each component it builds is
 /// stamped (custom section [`API_VERSION_SECTION`]) with its world's version, which the
-/// engine reads before loading: 0.1.0 for validators and reward policies, whose worlds
-/// 0.1.1 left as they were, and 0.1.1 for ledger adapters.
-pub const API_VERSION: &str = "0.1.1";
+/// engine reads before loading: 0.1.2 for validators (which also take packed batches),
+/// 0.1.1 for ledger adapters, and 0.1.0 for reward policies, whose world neither changed.
+pub const API_VERSION: &str = "0.1.2";
 /// Name of the custom section that carries [`API_VERSION`].
 pub const API_VERSION_SECTION: &str = "tributary-api-version";
 

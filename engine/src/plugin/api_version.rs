@@ -7,7 +7,8 @@ use super::manifest::PluginKind;
 /// Custom section the SDK writes the API version into.
 pub const SECTION: &str = "tributary-api-version";
 // Within 0.1, minor releases only add new interfaces, which the host probes for, so every
-// 0.1.x component loads; the newest is 0.1.1, which added `claims` for ledger adapters.
+// 0.1.x component loads; 0.1.1 added `claims` for ledger adapters and 0.1.2
+// `packed-validation` for validators.
 pub const SUPPORTED: &str = "0.1.0 to 0.1.x";
 
 /// `Ok` when `version` is one this engine loads; otherwise why not.
@@ -30,12 +31,13 @@ pub fn check(version: &str) -> Result<(), String> {
     }
 }
 
-/// The version the SDK builds components of `kind` for: ledger adapters use 0.1.1's world,
-/// the other kinds 0.1.0's, which 0.1.1 left as they were.
+/// The version the SDK builds components of `kind` for: validators use 0.1.2's world, ledger
+/// adapters 0.1.1's, reward policies 0.1.0's, which neither changed.
 pub fn of_sdk(kind: PluginKind) -> &'static str {
     match kind {
+        PluginKind::Validator => "0.1.2",
         PluginKind::LedgerAdapter => "0.1.1",
-        PluginKind::Validator | PluginKind::RewardPolicy => "0.1.0",
+        PluginKind::RewardPolicy => "0.1.0",
     }
 }
 

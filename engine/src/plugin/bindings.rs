@@ -1,4 +1,4 @@
-//! Host bindings generated from `wit/0.1.0`. The validator world's bindings hold the shared
+//! Host bindings generated from `wit/0.1.0` (and `wit/0.1.2` for packed validators). The validator world's bindings hold the shared
 //! types and host capabilities; the other worlds reuse them.
 
 pub mod validator {
@@ -34,6 +34,24 @@ pub mod reward_policy {
 
 pub mod ledger_adapter {
     world_reusing_shared!("tributary:plugins/ledger-adapter");
+}
+
+/// 0.1.2's validator world: 0.1.0's, plus `packed-validation`, which the host calls where a
+/// component exports it.
+pub mod packed_validator {
+    wasmtime::component::bindgen!({
+        path: ["../wit/0.1.0", "../wit/0.1.2"],
+        world: "tributary:plugins/validator@0.1.2",
+        imports: { default: trappable },
+        with: {
+            "tributary:plugins/types@0.1.0": super::validator::tributary::plugins::types,
+            "tributary:plugins/log@0.1.0": super::validator::tributary::plugins::log,
+            "tributary:plugins/config@0.1.0": super::validator::tributary::plugins::config,
+            "tributary:plugins/kv@0.1.0": super::validator::tributary::plugins::kv,
+            "tributary:plugins/signer@0.1.0": super::validator::tributary::plugins::signer,
+            "tributary:plugins/http@0.1.0": super::validator::tributary::plugins::http,
+        },
+    });
 }
 
 pub use validator::tributary::plugins::{config, http, kv, log, signer, types};

@@ -14,6 +14,7 @@ use super::bindings::{config, http, kv, log, signer, types};
 use super::manifest::{Capability, Grant, Limits};
 use super::state::StateView;
 use crate::identity::Key;
+use crate::store::Store as Db;
 
 /// Most bytes of a plugin's stderr kept to explain a trap (a Rust panic's message).
 const STDERR_KEPT: usize = 4096;
@@ -63,10 +64,15 @@ pub struct HostState {
     pub(crate) denied: Option<&'static str>,
     /// Key-value state during a call.
     pub(crate) state: Option<StateView>,
+    /// Where committed key-value state is read from.
+    db: Arc<Db>,
     log_lines: u32,
     /// Validator contexts this instance was configured with, oldest first, kept in step
     /// with the SDK's own list (the same cap, the same eviction).
     contexts: Vec<u64>,
+    /// The buffer a validator's batches are packed into for this instance, kept between
+    /// calls so that packing reuses memory earlier batches touched.
+    pub(crate) packing: Vec<u8>,
 }
 
 /// Contexts an instance keeps, as the SDK does.
@@ -81,6 +87,7 @@ pub struct HostConfig {
     pub limits: Limits,
     pub settings: Arc<BTreeMap<String, String>>,
     pub signer: Option<Arc<Key>>,
+    pub db: Arc<Db>,
 }
 
 impl HostState {
@@ -115,8 +122,10 @@ impl HostState {
             memory_exceeded: false,
             denied: None,
             state: None,
+            db: config.db.clone(),
             log_lines: 0,
             contexts: Vec::new(),
+            packing: Vec::new(),
         })
     }
 
@@ -238,7 +247,7 @@ impl kv::Host for HostState {
         self.require(Capability::Kv)?;
         let plugin = self.plugin.clone();
         match &self.state {
-            Some(state) => Ok(state.get(&plugin, &key)?),
+            Some(state) => Ok(state.get(&self.db, &plugin, &key)?),
             None => Ok(None),
         }
     }
@@ -250,10 +259,10 @@ impl kv::Host for HostState {
             return Ok(Err("no state in this call".into()));
         };
         let old = state
-            .get(&plugin, &key)?
+            .get(&self.db, &plugin, &key)?
             .map_or(0, |v| (key.len() + v.len()) as i64);
         let growth = (key.len() + value.len()) as i64 - old;
-        let size = super::state::stored_size(&state.store, &plugin)? as i64
+        let size = super::state::stored_size(&self.db, &plugin)? as i64
             + state.earlier.growth(&plugin)
             + state.call.growth(&plugin);
         if growth > 0 && size + growth > cap {
@@ -271,7 +280,7 @@ impl kv::Host for HostState {
         let plugin = self.plugin.clone();
         if let Some(state) = &mut self.state {
             let old = state
-                .get(&plugin, &key)?
+                .get(&self.db, &plugin, &key)?
                 .map_or(0, |v| (key.len() + v.len()) as i64);
             state.call.set(&plugin, key, None, -old);
         }

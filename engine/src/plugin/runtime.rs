@@ -7,13 +7,13 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wasmtime::component::{Component, Func, HasSelf, Instance, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 use super::api_version;
-use super::bindings::{ledger_adapter, reward_policy, validator};
+use super::bindings::{ledger_adapter, packed_validator, reward_policy, validator};
 use super::host::{HostConfig, HostState};
 use super::manifest::{Capability, Grants, Limits, Manifest, PluginKind};
 use super::state::{StateChanges, StateView};
@@ -210,11 +210,20 @@ impl PluginRuntime {
             ));
         }
         let pre = match manifest.kind {
-            PluginKind::Validator => self
-                .validator
-                .instantiate_pre(&component)
-                .and_then(validator::ValidatorPre::new)
-                .map(Pre::Validator),
+            PluginKind::Validator => {
+                let packed = ty
+                    .exports(&self.engine)
+                    .any(|(name, _)| name.split('@').next() == Some(PACKED_VALIDATION));
+                let pre = self.validator.instantiate_pre(&component);
+                match pre {
+                    // 0.1.2's world binds where the component exports `packed-validation`.
+                    Ok(pre) if packed => packed_validator::ValidatorPre::new(pre.clone())
+                        .map(Pre::PackedValidator)
+                        .or_else(|_| validator::ValidatorPre::new(pre).map(Pre::Validator)),
+                    Ok(pre) => validator::ValidatorPre::new(pre).map(Pre::Validator),
+                    Err(e) => Err(e),
+                }
+            }
             PluginKind::RewardPolicy => self
                 .reward_policy
                 .instantiate_pre(&component)
@@ -234,6 +243,7 @@ impl PluginRuntime {
             limits,
             settings: Arc::new(settings),
             signer,
+            db: self.db.clone(),
         };
         Ok(LoadedPlugin {
             api_version: version,
@@ -242,7 +252,6 @@ impl PluginRuntime {
             limits,
             granted,
             engine: self.engine.clone(),
-            db: self.db.clone(),
             pre,
             host,
             idle: Mutex::new(Vec::new()),
@@ -264,9 +273,12 @@ fn load_artifact(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
 
 /// The interface 0.1.1 added for ledger adapters.
 const CLAIMS_INTERFACE: &str = "tributary:plugins/claims@0.1.1";
+/// 0.1.2's interface for validators, without its version.
+const PACKED_VALIDATION: &str = "tributary:plugins/packed-validation";
 
 enum Pre {
     Validator(validator::ValidatorPre<HostState>),
+    PackedValidator(packed_validator::ValidatorPre<HostState>),
     RewardPolicy(reward_policy::RewardPolicyPre<HostState>),
     LedgerAdapter(ledger_adapter::LedgerAdapterPre<HostState>),
 }
@@ -274,6 +286,8 @@ enum Pre {
 /// An instance's exports.
 pub(crate) enum Bound {
     Validator(validator::Validator),
+    /// A validator that also takes packed batches (0.1.2).
+    PackedValidator(packed_validator::Validator),
     RewardPolicy(reward_policy::RewardPolicy),
     LedgerAdapter(LedgerBound),
 }
@@ -316,7 +330,6 @@ pub struct LoadedPlugin {
     /// What it requested and the operator granted.
     pub granted: Vec<Capability>,
     engine: Engine,
-    db: Arc<Db>,
     pre: Pre,
     host: HostConfig,
     idle: Mutex<Vec<Ready>>,
@@ -331,6 +344,11 @@ pub(crate) trait OutputSize {
 impl LoadedPlugin {
     pub fn id(&self) -> &str {
         &self.manifest.id
+    }
+
+    /// Whether it is a validator called with packed batches (0.1.2's `packed-validation`).
+    pub fn takes_packed_batches(&self) -> bool {
+        matches!(self.pre, Pre::PackedValidator(_))
     }
 
     /// Instances created so far: a trap discards one, and the next call makes another.
@@ -355,6 +373,7 @@ impl LoadedPlugin {
         store.set_epoch_deadline(self.deadline_ticks());
         let bound = match &self.pre {
             Pre::Validator(pre) => pre.instantiate(&mut store).map(Bound::Validator),
+            Pre::PackedValidator(pre) => pre.instantiate(&mut store).map(Bound::PackedValidator),
             Pre::RewardPolicy(pre) => pre.instantiate(&mut store).map(Bound::RewardPolicy),
             Pre::LedgerAdapter(pre) => pre.instance_pre().instantiate(&mut store).and_then(|i| {
                 let ledger = ledger_adapter::LedgerAdapter::new(&mut store, &i)?;
@@ -362,7 +381,7 @@ impl LoadedPlugin {
                 Ok(Bound::LedgerAdapter(LedgerBound { ledger, claimed }))
             }),
         }
-        .map_err(|e| self.classify("instantiate", &store, e, Instant::now()))?;
+        .map_err(|e| self.classify("instantiate", &store, e))?;
         self.instantiated.fetch_add(1, Ordering::Relaxed);
         Ok(Ready { store, bound })
     }
@@ -373,7 +392,6 @@ impl LoadedPlugin {
         call: &'static str,
         store: &Store<HostState>,
         error: wasmtime::Error,
-        started: Instant,
     ) -> PluginError {
         let plugin = self.id().to_string();
         let data = store.data();
@@ -392,12 +410,6 @@ impl LoadedPlugin {
             };
         }
         if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-            tracing::debug!(
-                plugin,
-                call,
-                ran_ms = started.elapsed().as_millis() as u64,
-                "deadline"
-            );
             return PluginError::Deadline {
                 plugin,
                 call,
@@ -432,14 +444,12 @@ impl LoadedPlugin {
             Some(ready) => ready,
             None => self.instantiate()?,
         };
-        let started = Instant::now();
         {
             let store = &mut ready.store;
             store.set_epoch_deadline(self.deadline_ticks());
             let data = store.data_mut();
             data.begin_call();
             data.state = Some(StateView {
-                store: self.db.clone(),
                 earlier: std::mem::take(state),
                 call: StateChanges::default(),
             });
@@ -452,7 +462,7 @@ impl LoadedPlugin {
         };
         *state = earlier;
         let answer = match outcome {
-            Err(e) => return Err(self.classify(call, &ready.store, e, started)),
+            Err(e) => return Err(self.classify(call, &ready.store, e)),
             Ok(answer) => answer,
         };
         let size = match &answer {

@@ -8,7 +8,6 @@
 //! within one batch's writes, not an exact tally.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use crate::store::{Batch, Store, StoreError, CF_META, CF_PLUGIN_STATE};
 
@@ -65,6 +64,9 @@ impl StateChanges {
 
     /// Adds `newer` on top of these changes.
     pub fn merge(&mut self, newer: StateChanges) {
+        if newer.writes.is_empty() && newer.growth.is_empty() {
+            return;
+        }
         self.writes.extend(newer.writes);
         for (plugin, g) in newer.growth {
             *self.growth.entry(plugin).or_default() += g;
@@ -102,13 +104,17 @@ impl StateChanges {
 /// Reads state of one plugin: this call's writes, then earlier uncommitted ones, then
 /// RocksDB.
 pub(crate) struct StateView {
-    pub store: Arc<Store>,
     pub earlier: StateChanges,
     pub call: StateChanges,
 }
 
 impl StateView {
-    pub fn get(&self, plugin: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn get(
+        &self,
+        store: &Store,
+        plugin: &str,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         if let Some(v) = self
             .call
             .get(plugin, key)
@@ -116,6 +122,6 @@ impl StateView {
         {
             return Ok(v.clone());
         }
-        self.store.get(CF_PLUGIN_STATE, &state_key(plugin, key))
+        store.get(CF_PLUGIN_STATE, &state_key(plugin, key))
     }
 }

@@ -6,8 +6,13 @@ use std::sync::Arc;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
 
+use super::bindings::packed_validator::exports::tributary::plugins0_1_0::validation as packed_wit;
 use super::bindings::types;
 use super::bindings::validator::exports::tributary::plugins::validation as wit;
+use super::packed;
+use wasmtime::Store;
+
+use super::host::HostState;
 use super::runtime::{Bound, LoadedPlugin, OutputSize};
 use super::state::StateChanges;
 use super::PluginError;
@@ -216,18 +221,83 @@ impl OutputSize for wit::Verdicts {
     }
 }
 
+/// What a validator answered, as it crossed the boundary.
+pub enum Answer {
+    /// From 0.1.0's `validate`.
+    Typed(wit::Verdicts),
+    /// From 0.1.2's `validate-packed`.
+    Packed(Vec<u8>),
+}
+
+impl OutputSize for Answer {
+    fn output_size(&self) -> usize {
+        match self {
+            Answer::Typed(v) => v.output_size(),
+            Answer::Packed(bytes) => bytes.len(),
+        }
+    }
+}
+
+impl Answer {
+    /// Checks the answer for `rows` rows and unpacks it.
+    pub fn unpack(self, rows: usize) -> Result<Validation, String> {
+        match self {
+            Answer::Typed(v) => unpack(v, rows),
+            Answer::Packed(bytes) => packed::unpack_verdicts(&bytes, rows),
+        }
+    }
+}
+
 /// A validator plugin, callable from ingest.
 pub struct WasmValidator {
     plugin: Arc<LoadedPlugin>,
-    /// Packed batches whose buffers the next calls reuse.
-    spare: std::sync::Mutex<Vec<types::RecordBatch>>,
+    /// Typed batches whose buffers the next calls of 0.1.0 components reuse (0.1.2 ones pack
+    /// into their instance's own buffer).
+    spare: Spares<types::RecordBatch>,
+    /// Calls 0.1.0's typed `validate` even where the component takes packed batches.
+    typed_only: bool,
+}
+
+/// 0.1.0's verdicts as the 0.1.2 world's bindings generate them: the same record, another
+/// Rust type.
+fn typed_from_packed_world(v: packed_wit::Verdicts) -> wit::Verdicts {
+    wit::Verdicts {
+        quality: v.quality,
+        rejections: v
+            .rejections
+            .into_iter()
+            .map(|r| wit::Rejection {
+                row: r.row,
+                reason: r.reason,
+            })
+            .collect(),
+        rewrites: v
+            .rewrites
+            .into_iter()
+            .map(|r| wit::Rewrite {
+                row: r.row,
+                field: r.field,
+                value: r.value,
+            })
+            .collect(),
+    }
 }
 
 impl WasmValidator {
     pub fn new(plugin: Arc<LoadedPlugin>) -> Self {
         Self {
             plugin,
-            spare: std::sync::Mutex::new(Vec::new()),
+            spare: Spares::new(),
+            typed_only: false,
+        }
+    }
+
+    /// A validator called through 0.1.0's typed `validate` only, as a host older than 0.1.2
+    /// calls it: for comparing the two paths.
+    pub fn typed_only(plugin: Arc<LoadedPlugin>) -> Self {
+        Self {
+            typed_only: true,
+            ..Self::new(plugin)
         }
     }
 
@@ -238,38 +308,116 @@ impl WasmValidator {
         config: &str,
         batch: &RecordBatch,
         state: &mut StateChanges,
-    ) -> Result<wit::Verdicts, PluginError> {
+    ) -> Result<Answer, PluginError> {
         let context = context_id(datanet, config);
-        let mut packed = self
-            .spare
+        let configure = |store: &mut Store<HostState>, guest: Configure<'_>| {
+            ensure_configured(store, context, |store| {
+                let info = datanet_info(datanet);
+                match guest {
+                    Configure::V0(g) => g.call_configure(store, context, &info, config),
+                    Configure::V2(g) => g.call_configure(store, context, &info, config),
+                }
+            })
+        };
+        if self.plugin.takes_packed_batches() && !self.typed_only {
+            return self.plugin.call("validate", state, |store, bound| {
+                let Bound::PackedValidator(v) = bound else {
+                    return Err(wasmtime::Error::msg("not a packed validator"));
+                };
+                let guest = Configure::V2(v.tributary_plugins0_1_0_validation());
+                if let Err(message) = configure(store, guest)? {
+                    return Ok(Err(message));
+                }
+                // The instance's own buffer: no lock to take one, and warm from its last call.
+                let mut buffer = std::mem::take(&mut store.data_mut().packing);
+                packed::pack_batch(&datanet.spec.schema, batch, &mut buffer);
+                let answer = v
+                    .tributary_plugins0_1_2_packed_validation()
+                    .call_validate_packed(&mut *store, context, &buffer);
+                store.data_mut().packing = buffer;
+                Ok(answer?.map(Answer::Packed))
+            });
+        }
+        let mut packed = self.spare.take(|| types::RecordBatch {
+            rows: 0,
+            columns: Vec::new(),
+        });
+        pack_into(datanet, batch, &mut packed);
+        let answer = self
+            .plugin
+            .call("validate", state, |store, bound| match bound {
+                Bound::Validator(v) => {
+                    let guest = v.tributary_plugins_validation();
+                    if let Err(message) = configure(store, Configure::V0(guest))? {
+                        return Ok(Err(message));
+                    }
+                    Ok(guest
+                        .call_validate(store, context, &packed)?
+                        .map(Answer::Typed))
+                }
+                Bound::PackedValidator(v) => {
+                    let guest = v.tributary_plugins0_1_0_validation();
+                    if let Err(message) = configure(store, Configure::V2(guest))? {
+                        return Ok(Err(message));
+                    }
+                    Ok(guest
+                        .call_validate(store, context, &packed)?
+                        .map(|v| Answer::Typed(typed_from_packed_world(v))))
+                }
+                _ => Err(wasmtime::Error::msg("not a validator")),
+            });
+        self.spare.give(packed);
+        answer
+    }
+}
+
+/// 0.1.0's `validation` interface, as either world's bindings reach it.
+enum Configure<'a> {
+    V0(&'a wit::Guest),
+    V2(&'a packed_wit::Guest),
+}
+
+/// Configures `context` in the instance unless it already is: an instance learns a
+/// Datanet's schema and config once, not with every batch.
+fn ensure_configured(
+    store: &mut Store<HostState>,
+    context: u64,
+    configure: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<Result<(), String>>,
+) -> wasmtime::Result<Result<(), String>> {
+    if store.data().is_configured(context) {
+        return Ok(Ok(()));
+    }
+    let said = configure(store)?;
+    if said.is_ok() {
+        store.data_mut().configured(context);
+    }
+    Ok(said.map_err(|message| format!("config: {message}")))
+}
+
+/// Buffers kept between calls so that packing reuses memory earlier batches touched.
+struct Spares<T>(std::sync::Mutex<Vec<T>>);
+
+impl<T> Spares<T> {
+    const KEPT: usize = 4;
+
+    fn new() -> Self {
+        Self(std::sync::Mutex::new(Vec::new()))
+    }
+
+    /// A kept buffer, or `empty()`.
+    fn take(&self, empty: impl FnOnce() -> T) -> T {
+        self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop()
-            .unwrap_or(types::RecordBatch {
-                rows: 0,
-                columns: Vec::new(),
-            });
-        pack_into(datanet, batch, &mut packed);
-        let answer = self.plugin.call("validate", state, |store, bound| {
-            let Bound::Validator(v) = bound else {
-                return Err(wasmtime::Error::msg("not a validator"));
-            };
-            let guest = v.tributary_plugins_validation();
-            // An instance learns a Datanet's schema and config once, not with every batch.
-            if !store.data().is_configured(context) {
-                let info = datanet_info(datanet);
-                if let Err(message) = guest.call_configure(&mut *store, context, &info, config)? {
-                    return Ok(Err(format!("config: {message}")));
-                }
-                store.data_mut().configured(context);
-            }
-            guest.call_validate(store, context, &packed)
-        });
-        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
-        if spare.len() < 4 {
-            spare.push(packed);
+            .unwrap_or_else(empty)
+    }
+
+    fn give(&self, spare: T) {
+        let mut spares = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if spares.len() < Self::KEPT {
+            spares.push(spare);
         }
-        answer
     }
 }
 
@@ -340,9 +488,9 @@ impl Validator for WasmValidator {
             validator: self.plugin.id().to_string(),
             message,
         };
-        let verdicts = self
+        let answer = self
             .call(datanet, config, batch, state)
             .map_err(|e| fail(e.to_string()))?;
-        unpack(verdicts, batch.num_rows()).map_err(fail)
+        answer.unpack(batch.num_rows()).map_err(fail)
     }
 }

@@ -1,9 +1,10 @@
 //! A validator that attacks its host in the way `attack` names, for the adversarial tests.
 //! With `attack = "none"` (or a record that does not say `attack`) it accepts everything,
-//! so the same instance pool also serves good calls between bad ones.
+//! so the same instance pool also serves good calls between bad ones; `echo` reports what it
+//! read of every field.
 
 use serde::Deserialize;
-use tributary_sdk::validator::{Batch, Record, Validator, Verdict};
+use tributary_sdk::validator::{check_each, Batch, NewValue, Record, Validator, Verdict};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -64,6 +65,28 @@ fn probe(config: &Config) -> Result<Vec<Verdict>, String> {
     }
 }
 
+/// Says what it read of each record, every field, so that tests can compare what crosses
+/// the boundary by each interface: odd rows are rejected with the values as the reason,
+/// even ones accepted with a quality from their row and their text rewritten to the values.
+fn echo(batch: &Batch) -> Vec<Verdict> {
+    batch
+        .records()
+        .map(|record| {
+            let values: Vec<String> = (0..batch.fields().len())
+                .map(|i| format!("{:?}", record.get_index(i)))
+                .collect();
+            let said = values.join(" | ");
+            if record.row() % 2 == 1 {
+                Verdict::reject(said)
+            } else {
+                let quality = 1.0 / (record.row() + 1) as f64;
+                let text = record.text_field_name();
+                Verdict::accept(quality).rewrite(text, NewValue::String(said))
+            }
+        })
+        .collect()
+}
+
 pub struct Hostile;
 
 fn attack(name: &str) -> Result<Vec<Verdict>, String> {
@@ -81,7 +104,7 @@ fn attack(name: &str) -> Result<Vec<Verdict>, String> {
                 std::hint::black_box(&hoard);
             }
         }
-        "output" => Ok(vec![Verdict::reject("x".repeat(16 << 20))]),
+        "output" => Ok(vec![Verdict::reject("x".repeat(4 << 20))]),
         "panic" => panic!("the hostile plugin panics on purpose"),
         "file" => match std::fs::read_to_string("/etc/passwd") {
             Ok(text) => Err(format!(
@@ -118,10 +141,13 @@ impl Validator for Hostile {
 
     fn validate(config: &Config, batch: &Batch) -> Result<Vec<Verdict>, String> {
         if config.attack == "none" {
-            return Ok(batch.records().map(|_| Verdict::accept(1.0)).collect());
+            return Ok(check_each::<Self>(config, batch));
         }
         if config.attack == "sign" || config.attack == "http" {
             return probe(config);
+        }
+        if config.attack == "echo" {
+            return Ok(echo(batch));
         }
         attack(&config.attack)
     }

@@ -1,6 +1,6 @@
 //! Hashes a million 64-byte blocks (a Merkle tree's inner nodes) and a million 32-byte ones
 //! twice over (its leaves), in the widest lanes this CPU has and one at a time, and prints
-//! the rates: `cargo run --release -p tributary-keccak --example speed`.
+//! the rates: `cargo run --release -p tributary-keccak --example keccak_speed`.
 
 use std::time::Instant;
 
