@@ -73,6 +73,8 @@ pub struct HostState {
     /// The buffer a validator's batches are packed into for this instance, kept between
     /// calls so that packing reuses memory earlier batches touched.
     pub(crate) packing: Vec<u8>,
+    /// The validator context of the last call, and what it was computed from.
+    pub(crate) last_context: Option<super::validator::ContextKey>,
 }
 
 /// Contexts an instance keeps, as the SDK does.
@@ -126,6 +128,7 @@ impl HostState {
             log_lines: 0,
             contexts: Vec::new(),
             packing: Vec::new(),
+            last_context: None,
         })
     }
 

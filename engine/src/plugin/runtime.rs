@@ -444,23 +444,28 @@ impl LoadedPlugin {
             Some(ready) => ready,
             None => self.instantiate()?,
         };
+        // Key-value state is only lent to plugins that may use it.
+        let lends_state = self.granted.contains(&Capability::Kv);
         {
             let store = &mut ready.store;
             store.set_epoch_deadline(self.deadline_ticks());
             let data = store.data_mut();
             data.begin_call();
-            data.state = Some(StateView {
-                earlier: std::mem::take(state),
-                call: StateChanges::default(),
-            });
+            if lends_state {
+                data.state = Some(StateView {
+                    earlier: std::mem::take(state),
+                    call: StateChanges::default(),
+                });
+            }
         }
         let outcome = f(&mut ready.store, &ready.bound);
-        let view = ready.store.data_mut().state.take();
-        let (earlier, written) = match view {
-            Some(v) => (v.earlier, Some(v.call)),
-            None => (StateChanges::default(), None),
+        let written = match ready.store.data_mut().state.take() {
+            Some(view) => {
+                *state = view.earlier;
+                Some(view.call)
+            }
+            None => None,
         };
-        *state = earlier;
         let answer = match outcome {
             Err(e) => return Err(self.classify(call, &ready.store, e)),
             Ok(answer) => answer,

@@ -39,6 +39,61 @@ fn context_id(datanet: &Datanet, config: &str) -> u64 {
     h.finish()
 }
 
+/// What a context id was computed from. An instance keeps the last one, so that a call for
+/// the same Datanet and config (every chunk of a contribution) compares instead of hashing.
+pub(crate) struct ContextKey {
+    datanet: String,
+    fields: Vec<(u8, bool, String)>,
+    text_field: String,
+    config: String,
+    id: u64,
+}
+
+impl ContextKey {
+    fn new(datanet: &Datanet, config: &str) -> Self {
+        let schema = &datanet.spec.schema;
+        Self {
+            datanet: datanet.spec.id.clone(),
+            fields: schema
+                .fields
+                .iter()
+                .map(|f| (f.field_type.tag(), f.required, f.name.clone()))
+                .collect(),
+            text_field: schema.text_field.clone(),
+            config: config.to_string(),
+            id: context_id(datanet, config),
+        }
+    }
+
+    fn matches(&self, datanet: &Datanet, config: &str) -> bool {
+        let schema = &datanet.spec.schema;
+        self.datanet == datanet.spec.id
+            && self.config == config
+            && self.text_field == schema.text_field
+            && self.fields.len() == schema.fields.len()
+            && self
+                .fields
+                .iter()
+                .zip(&schema.fields)
+                .all(|((tag, required, name), f)| {
+                    *tag == f.field_type.tag() && *required == f.required && *name == f.name
+                })
+    }
+}
+
+/// The context id of `datanet` and `config`, from the instance's last one where they match.
+fn context_in(state: &mut HostState, datanet: &Datanet, config: &str) -> u64 {
+    match &state.last_context {
+        Some(last) if last.matches(datanet, config) => last.id,
+        _ => {
+            let key = ContextKey::new(datanet, config);
+            let id = key.id;
+            state.last_context = Some(key);
+            id
+        }
+    }
+}
+
 /// What the plugin is told about a Datanet.
 pub fn datanet_info(datanet: &Datanet) -> types::DatanetInfo {
     let schema = &datanet.spec.schema;
@@ -309,8 +364,7 @@ impl WasmValidator {
         batch: &RecordBatch,
         state: &mut StateChanges,
     ) -> Result<Answer, PluginError> {
-        let context = context_id(datanet, config);
-        let configure = |store: &mut Store<HostState>, guest: Configure<'_>| {
+        let configure = |store: &mut Store<HostState>, context: u64, guest: Configure<'_>| {
             ensure_configured(store, context, |store| {
                 let info = datanet_info(datanet);
                 match guest {
@@ -324,8 +378,9 @@ impl WasmValidator {
                 let Bound::PackedValidator(v) = bound else {
                     return Err(wasmtime::Error::msg("not a packed validator"));
                 };
+                let context = context_in(store.data_mut(), datanet, config);
                 let guest = Configure::V2(v.tributary_plugins0_1_0_validation());
-                if let Err(message) = configure(store, guest)? {
+                if let Err(message) = configure(store, context, guest)? {
                     return Ok(Err(message));
                 }
                 // The instance's own buffer: no lock to take one, and warm from its last call.
@@ -347,8 +402,9 @@ impl WasmValidator {
             .plugin
             .call("validate", state, |store, bound| match bound {
                 Bound::Validator(v) => {
+                    let context = context_in(store.data_mut(), datanet, config);
                     let guest = v.tributary_plugins_validation();
-                    if let Err(message) = configure(store, Configure::V0(guest))? {
+                    if let Err(message) = configure(store, context, Configure::V0(guest))? {
                         return Ok(Err(message));
                     }
                     Ok(guest
@@ -356,8 +412,9 @@ impl WasmValidator {
                         .map(Answer::Typed))
                 }
                 Bound::PackedValidator(v) => {
+                    let context = context_in(store.data_mut(), datanet, config);
                     let guest = v.tributary_plugins0_1_0_validation();
-                    if let Err(message) = configure(store, Configure::V2(guest))? {
+                    if let Err(message) = configure(store, context, Configure::V2(guest))? {
                         return Ok(Err(message));
                     }
                     Ok(guest
