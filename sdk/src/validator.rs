@@ -169,9 +169,20 @@ impl<'a> Record<'a> {
 
     /// The text models train on.
     pub fn text(&self) -> &'a str {
-        match self.get_index(self.datanet.text_field as usize) {
-            Value::String(s) => s,
-            _ => "",
+        self.str_at(self.datanet.text_field as usize)
+            .unwrap_or_default()
+    }
+
+    /// The string at field `index`, if the field is a string column and the record has a
+    /// value there: what [`Record::get_index`] reads, without building a [`Value`] (most
+    /// validators read only strings, once a record).
+    fn str_at(&self, index: usize) -> Option<&'a str> {
+        let column = self.batch.column(index)?;
+        match &column.values {
+            Values::Strings(s) if column.present(self.row) => {
+                Some(string_at(s, column_is_ascii(column), self.row))
+            }
+            _ => None,
         }
     }
 
@@ -193,10 +204,7 @@ impl<'a> Record<'a> {
 
     /// A string field's value, if it has one.
     pub fn str(&self, name: &str) -> Option<&'a str> {
-        match self.get(name) {
-            Value::String(s) => Some(s),
-            _ => None,
-        }
+        self.str_at(self.datanet.fields.iter().position(|f| f.name == name)?)
     }
 
     /// The value of the field at `index` in the schema.
@@ -209,8 +217,8 @@ impl<'a> Record<'a> {
             return Value::Null;
         }
         let ascii = || column_is_ascii(column);
-        match (column.kind, column.values) {
-            (_, Values::Strings(s)) => Value::String(string_at(&s, ascii(), row)),
+        match (column.kind, &column.values) {
+            (_, Values::Strings(s)) => Value::String(string_at(s, ascii(), row)),
             (packed::INT64, Values::Words(_)) => Value::Int64(i64::from_le_bytes(column.word(row))),
             (packed::FLOAT64, Values::Words(_)) => {
                 Value::Float64(f64::from_le_bytes(column.word(row)))
@@ -221,7 +229,7 @@ impl<'a> Record<'a> {
                 let ascii = ascii();
                 Value::StringList(
                     (lists.get(row)..lists.get(row + 1))
-                        .map(|i| string_at(&items, ascii, i))
+                        .map(|i| string_at(items, ascii, i))
                         .collect(),
                 )
             }
