@@ -2,6 +2,7 @@
 //! host side: Arrow chunks packed into one buffer, and packed verdicts read back and checked.
 
 use arrow::array::{Array, AsArray, RecordBatch, StringArray};
+use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
 
 use crate::datanet::schema::{DatanetSchema, FieldType};
@@ -19,13 +20,27 @@ fn put_u32(out: &mut Vec<u8>, v: usize) {
     out.extend_from_slice(&(v as u32).to_le_bytes());
 }
 
+/// `offsets` rebased to start at 0, as little-endian u32s.
+fn put_offsets(out: &mut Vec<u8>, offsets: &OffsetBuffer<i32>) {
+    let first = offsets[0];
+    if first == 0 && cfg!(target_endian = "little") {
+        // Arrow's offsets are non-negative i32s in the host's order: already the layout's
+        // bytes, copied whole.
+        out.extend_from_slice(offsets.inner().inner().as_slice());
+    } else {
+        out.extend(
+            offsets
+                .iter()
+                .flat_map(|o| ((o - first) as u32).to_le_bytes()),
+        );
+    }
+}
+
 /// The offsets of `array`'s values rebased to start at 0, then their bytes.
 fn put_strings(out: &mut Vec<u8>, array: &StringArray) {
-    let offsets = array.value_offsets();
+    let offsets = array.offsets();
     let (first, last) = (offsets[0] as usize, offsets[offsets.len() - 1] as usize);
-    for o in offsets.iter() {
-        put_u32(out, *o as usize - first);
-    }
+    put_offsets(out, offsets);
     out.extend_from_slice(&array.value_data()[first..last]);
 }
 
@@ -64,11 +79,9 @@ pub fn pack_batch(schema: &DatanetSchema, batch: &RecordBatch, out: &mut Vec<u8>
             FieldType::Bool => out.extend(array.as_boolean().values().iter().map(u8::from)),
             FieldType::ListOfStrings => {
                 let list = array.as_list::<i32>();
-                let offsets = list.value_offsets();
+                let offsets = list.offsets();
                 let (first, last) = (offsets[0] as usize, offsets[offsets.len() - 1] as usize);
-                for o in offsets.iter() {
-                    put_u32(out, *o as usize - first);
-                }
+                put_offsets(out, offsets);
                 let items = list.values().slice(first, last - first);
                 put_strings(out, items.as_string::<i32>());
             }
