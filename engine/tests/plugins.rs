@@ -287,7 +287,7 @@ fn attack(plugins: &Plugins, datanet: &Datanet, name: &str) -> Result<usize, Plu
         .call(datanet, &config, &batch, &mut StateChanges::default())
         .map(|answer| {
             answer
-                .unpack(batch.num_rows())
+                .unpack(batch.num_rows(), datanet.spec.schema.fields.len())
                 .expect("a well-formed answer")
                 .verdicts
                 .len()
@@ -966,8 +966,8 @@ fn packed_and_typed_batches_read_and_answer_alike() {
         .call(&datanet, &config, &batch, &mut state)
         .expect("typed call");
     assert!(matches!(typed, Answer::Typed(_)));
-    let packed = packed.unpack(4).expect("packed verdicts");
-    let typed = typed.unpack(4).expect("typed verdicts");
+    let packed = packed.unpack(4, 7).expect("packed verdicts");
+    let typed = typed.unpack(4, 7).expect("typed verdicts");
     assert_eq!(packed, typed);
 
     use tributary::datanet::validate::{FieldValue, Verdict};

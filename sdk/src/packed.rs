@@ -48,7 +48,11 @@ pub(crate) struct Strings<'a> {
 impl<'a> Strings<'a> {
     /// Splits `section` into `values + 1` offsets and the bytes after them.
     fn parse(section: &'a [u8], values: usize) -> Result<Self, String> {
-        let offsets_len = 4 * (values + 1);
+        // Counts come from the buffer: on a 32-bit guest a hostile one could overflow.
+        let offsets_len = values
+            .checked_add(1)
+            .and_then(|n| n.checked_mul(4))
+            .ok_or_else(|| format!("a string column of {values} values is too long"))?;
         if section.len() < offsets_len {
             return Err(format!(
                 "a string column of {values} values needs {offsets_len} bytes of offsets, has {}",
@@ -228,7 +232,7 @@ impl<'a> Batch<'a> {
         let values = match kind {
             STRING => Values::Strings(Strings::parse(section, rows)?),
             INT64 | FLOAT64 | TIMESTAMP => {
-                if section.len() < 8 * rows {
+                if rows.checked_mul(8).is_none_or(|need| section.len() < need) {
                     return Err(short("8-byte values"));
                 }
                 Values::Words(section)
@@ -240,7 +244,10 @@ impl<'a> Batch<'a> {
                 Values::Bools(section)
             }
             STRING_LIST => {
-                let lists_len = 4 * (rows + 1);
+                let lists_len = rows
+                    .checked_add(1)
+                    .and_then(|n| n.checked_mul(4))
+                    .ok_or_else(|| short("list offsets"))?;
                 let (lists, items) = section
                     .split_at_checked(lists_len)
                     .ok_or_else(|| short("list offsets"))?;

@@ -13,8 +13,9 @@
 //!
 //! Record ids are BLAKE3 outputs, so their bytes serve as the filter's hash bits directly.
 //! The filter grows as a chain: when the newest filter is full, a new one of twice its
-//! capacity takes the inserts, and a query asks each. Past [`MAX_IDS`] the filter gives up
-//! and answers "maybe" for everything, bounding its memory at about 400 MB.
+//! capacity takes the inserts, and a query asks each. The chain's capacity never passes
+//! [`MAX_IDS`]; past that many ids the filter gives up and answers "maybe" for everything,
+//! so a Datanet's filter stays under 400 MB (12 bits for each of 2^28 ids).
 
 use super::record::RecordId;
 
@@ -81,6 +82,8 @@ impl Bloom {
 pub struct KnownIds {
     chain: Vec<Bloom>,
     len: usize,
+    /// Ids the chain's filters have room for, together.
+    capacity: usize,
     /// How many ids it keeps track of: [`MAX_IDS`] but in tests.
     limit: usize,
     /// Past `limit`: every id may be known.
@@ -90,12 +93,23 @@ pub struct KnownIds {
 impl KnownIds {
     /// An empty set with room for about `expected` ids before it grows.
     pub fn with_capacity(expected: usize) -> Self {
+        Self::with_limit(expected, MAX_IDS)
+    }
+
+    fn with_limit(expected: usize, limit: usize) -> Self {
+        let capacity = expected.clamp(MIN_CAPACITY.min(limit), limit);
         Self {
-            chain: vec![Bloom::new(expected.max(MIN_CAPACITY))],
+            chain: vec![Bloom::new(capacity)],
             len: 0,
-            limit: MAX_IDS,
+            capacity,
+            limit,
             saturated: false,
         }
+    }
+
+    /// Whether it has given up, and takes every id for known.
+    pub fn saturated(&self) -> bool {
+        self.saturated
     }
 
     pub fn len(&self) -> usize {
@@ -106,21 +120,24 @@ impl KnownIds {
         if self.saturated {
             return;
         }
-        self.len += 1;
-        if self.len > self.limit {
-            self.saturated = true;
-            self.chain = Vec::new();
-            return;
-        }
-        let newest = match self.chain.last_mut() {
-            Some(bloom) if bloom.len < bloom.capacity => bloom,
-            last => {
-                let capacity = last.map_or(MIN_CAPACITY, |b| b.capacity * 2);
-                self.chain.push(Bloom::new(capacity));
-                self.chain.last_mut().expect("just pushed")
+        let full = self.chain.last().is_none_or(|b| b.len == b.capacity);
+        if full {
+            // Twice the newest filter, within what is left of the limit.
+            let wanted = self.chain.last().map_or(MIN_CAPACITY, |b| 2 * b.capacity);
+            let room = self.limit - self.capacity;
+            if room == 0 {
+                self.saturated = true;
+                self.chain = Vec::new();
+                return;
             }
-        };
-        newest.insert(id);
+            let capacity = wanted.min(room);
+            self.chain.push(Bloom::new(capacity));
+            self.capacity += capacity;
+        }
+        if let Some(newest) = self.chain.last_mut() {
+            newest.insert(id);
+            self.len += 1;
+        }
     }
 
     /// False only for ids certainly not inserted.
@@ -157,15 +174,31 @@ mod tests {
 
     #[test]
     fn past_its_limit_every_id_may_be_known() {
-        let mut known = KnownIds::with_capacity(0);
-        known.limit = 10;
+        let mut known = KnownIds::with_limit(0, 10);
         for i in 0..10 {
             known.insert(&id(i));
         }
         assert!(!known.may_contain(&id(99)));
+        assert!(!known.saturated());
         known.insert(&id(10));
+        assert!(known.saturated());
         assert!(known.may_contain(&id(99)));
         assert!(known.chain.is_empty(), "the filters' memory is released");
+    }
+
+    #[test]
+    fn the_chain_never_holds_room_for_more_than_its_limit() {
+        let limit = 3 * MIN_CAPACITY + 5;
+        let mut known = KnownIds::with_limit(0, limit);
+        for i in 0..limit as u64 {
+            known.insert(&id(i));
+            assert!(known.capacity <= limit);
+        }
+        assert!(!known.saturated());
+        assert_eq!(known.capacity, limit);
+        assert!((0..limit as u64).all(|i| known.may_contain(&id(i))));
+        // A first filter asked for more than the limit is cut to it.
+        assert_eq!(KnownIds::with_limit(10 * limit, limit).capacity, limit);
     }
 
     #[test]

@@ -359,18 +359,20 @@ impl Datanets {
         }
         let prefix = record_key(id, &[0; 32]);
         let prefix = &prefix[..prefix.len() - 32];
-        let mut ids = Vec::new();
-        self.store.for_each_prefix(CF_RECORDS, prefix, |key, _| {
-            if let Ok(record) = RecordId::try_from(&key[prefix.len()..]) {
-                ids.push(record);
-            }
+        // Counted first, so that one filter sized for them (and as many again, to grow
+        // into) holds them, rather than a chain that every lookup would walk.
+        let mut count = 0usize;
+        self.store.for_each_prefix(CF_RECORDS, prefix, |_, _| {
+            count += 1;
             Ok(())
         })?;
-        // Room to grow to twice what is there before the filter chains another.
-        let mut known = KnownIds::with_capacity(2 * ids.len());
-        for record in &ids {
-            known.insert(record);
-        }
+        let mut known = KnownIds::with_capacity(count.saturating_mul(2));
+        self.store.scan(CF_RECORDS, prefix, prefix, |key, _| {
+            if let Ok(record) = RecordId::try_from(&key[prefix.len()..]) {
+                known.insert(&record);
+            }
+            Ok(!known.saturated())
+        })?;
         tracing::debug!(
             datanet = id,
             ids = known.len(),
@@ -566,7 +568,11 @@ impl Datanets {
             let batch = batch?;
             let column = batch.column(0);
             if let Some(binary) = column.as_fixed_size_binary_opt() {
-                for value in binary.iter().flatten() {
+                // A null id is a broken segment, not a row to skip: skipping would shift
+                // every later id against the rows and deletion vectors.
+                for value in binary.iter() {
+                    let value =
+                        value.ok_or_else(|| corrupt(format!("{COL_RECORD_ID} holds a null")))?;
                     ids.push(value.try_into().map_err(|_| {
                         corrupt(format!(
                             "{COL_RECORD_ID} holds a value of {} bytes",
@@ -576,7 +582,9 @@ impl Datanets {
                 }
             } else if let Some(hex) = column.as_string_opt::<i32>() {
                 // Segments written before ids were stored as bytes hold them as hex.
-                for value in hex.iter().flatten() {
+                for value in hex.iter() {
+                    let value =
+                        value.ok_or_else(|| corrupt(format!("{COL_RECORD_ID} holds a null")))?;
                     ids.push(parse_record_id(value, COL_RECORD_ID)?);
                 }
             } else {

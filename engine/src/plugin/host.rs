@@ -73,8 +73,8 @@ pub struct HostState {
     /// The buffer a validator's batches are packed into for this instance, kept between
     /// calls so that packing reuses memory earlier batches touched.
     pub(crate) packing: Vec<u8>,
-    /// The validator context of the last call, and what it was computed from.
-    pub(crate) last_context: Option<super::validator::ContextKey>,
+    /// The validator context of the last call: what it was computed from, and its id.
+    pub(crate) last_context: Option<(super::validator::ContextKey, u64)>,
 }
 
 /// Contexts an instance keeps, as the SDK does.

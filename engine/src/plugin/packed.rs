@@ -6,15 +6,10 @@ use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
 
 use crate::datanet::schema::{DatanetSchema, FieldType};
-use crate::datanet::validate::{FieldValue, Rewrite, Validation, Verdict};
+use crate::datanet::validate::{FieldValue, Rewrite, Validation};
 
 const HEADER: usize = 8;
 const DIRECTORY_ENTRY: usize = 12;
-
-/// The layout's number for a field type (the record encoding's tag).
-fn kind(field_type: FieldType) -> u8 {
-    field_type.tag()
-}
 
 fn put_u32(out: &mut Vec<u8>, v: usize) {
     out.extend_from_slice(&(v as u32).to_le_bytes());
@@ -88,7 +83,7 @@ pub fn pack_batch(schema: &DatanetSchema, batch: &RecordBatch, out: &mut Vec<u8>
         }
         let len = out.len() - start;
         let entry = HEADER + DIRECTORY_ENTRY * c;
-        out[entry] = kind(field.field_type);
+        out[entry] = field.field_type.tag();
         out[entry + 1] = u8::from(nulls.is_some());
         out[entry + 4..entry + 8].copy_from_slice(&(start as u32).to_le_bytes());
         out[entry + 8..entry + 12].copy_from_slice(&(len as u32).to_le_bytes());
@@ -160,37 +155,42 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Reads and checks packed verdicts for a batch of `rows` rows: a quality in 0..=1 for each,
-/// rejections and rewrites of rows that exist, nothing after the end.
-pub fn unpack_verdicts(bytes: &[u8], rows: usize) -> Result<Validation, String> {
+/// Reads and checks packed verdicts for a batch of `rows` rows of `fields` fields: a
+/// quality for each row (in 0..=1 unless the row is rejected), rejections and rewrites of
+/// rows and fields that exist, nothing after the end. Counts are checked before anything is
+/// built from them, so an answer cannot make the host allocate much more than its size.
+pub fn unpack_verdicts(bytes: &[u8], rows: usize, fields: usize) -> Result<Validation, String> {
     let mut r = Reader { bytes, at: 0 };
     let answered = r.u32("the row count")?;
     if answered != rows {
         return Err(format!("answered {answered} qualities for {rows} rows"));
     }
-    let qualities = r.take(8 * rows, "the qualities")?;
-    let mut verdicts = Vec::with_capacity(rows);
-    for (row, q) in qualities.chunks_exact(8).enumerate() {
-        let q = f64::from_le_bytes([q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]]);
-        if !(0.0..=1.0).contains(&q) {
-            return Err(format!("quality {q} of row {row} is outside 0..=1"));
-        }
-        verdicts.push(Verdict::Accept { quality: q });
+    let qualities: Vec<f64> = r
+        .take(8 * rows, "the qualities")?
+        .chunks_exact(8)
+        .map(|q| f64::from_le_bytes([q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]]))
+        .collect();
+    let count = r.u32("the rejection count")?;
+    if count > rows {
+        return Err(format!("{count} rejections for {rows} rows"));
     }
-    let rejections = r.u32("the rejection count")?;
-    for _ in 0..rejections {
+    let mut rejections = Vec::with_capacity(count);
+    for _ in 0..count {
         let row = r.u32("a rejected row")?;
-        let reason = r.string("a rejection's reason")?;
-        let Some(slot) = verdicts.get_mut(row) else {
-            return Err(format!("rejected row {row} of {rows}"));
-        };
-        *slot = Verdict::Reject { reason };
+        rejections.push((row, r.string("a rejection's reason")?));
     }
+    let verdicts = super::validator::verdicts(&qualities, rows, rejections)?;
     let count = r.u32("the rewrite count")?;
-    let mut rewrites = Vec::new();
+    if count > rows.saturating_mul(fields) {
+        return Err(format!(
+            "{count} rewrites for {rows} rows of {fields} fields"
+        ));
+    }
+    let mut rewrites = Vec::with_capacity(count);
     for _ in 0..count {
         let row = r.u32("a rewritten row")?;
         let field = r.u32("a rewritten field")?;
+        super::validator::check_rewrite(row, field, rows, fields)?;
         let value = r.value()?;
         rewrites.push(Rewrite { row, field, value });
     }
@@ -211,6 +211,7 @@ mod tests {
 
     use super::*;
     use crate::datanet::schema::FieldSpec;
+    use crate::datanet::validate::Verdict;
 
     fn u32_at(b: &[u8], at: usize) -> usize {
         u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]) as usize
@@ -317,7 +318,7 @@ mod tests {
         tail.extend_from_slice(&1u32.to_le_bytes());
         tail.extend_from_slice(b"x");
         let good = verdicts(2, &[0.5, 0.0], &tail);
-        let v = unpack_verdicts(&good, 2).expect("unpack");
+        let v = unpack_verdicts(&good, 2, 4).expect("unpack");
         assert_eq!(v.verdicts[0], Verdict::Accept { quality: 0.5 });
         assert_eq!(
             v.verdicts[1],
@@ -335,7 +336,7 @@ mod tests {
         );
 
         let none = [0u8; 8];
-        let err = |bytes: &[u8], rows| unpack_verdicts(bytes, rows).expect_err("malformed");
+        let err = |bytes: &[u8], rows| unpack_verdicts(bytes, rows, 4).expect_err("malformed");
         assert!(err(&verdicts(3, &[0.5, 0.5], &none), 2).contains("3 qualities for 2 rows"));
         assert!(err(&verdicts(1, &[1.5], &none), 1).contains("outside 0..=1"));
         assert!(err(&verdicts(1, &[], &[]), 1).contains("the qualities"));
@@ -348,6 +349,24 @@ mod tests {
         bad_row.extend_from_slice(&0u32.to_le_bytes());
         bad_row.extend_from_slice(&0u32.to_le_bytes());
         assert!(err(&bad_row, 1).contains("rejected row 5 of 1"));
+        // A rejected row's quality is not read; an accepted row's is.
+        let mut rejected_nan = verdicts(2, &[f64::NAN, 0.5], &1u32.to_le_bytes());
+        rejected_nan.extend_from_slice(&0u32.to_le_bytes());
+        rejected_nan.extend_from_slice(&1u32.to_le_bytes());
+        rejected_nan.push(b'x');
+        rejected_nan.extend_from_slice(&0u32.to_le_bytes());
+        let v = unpack_verdicts(&rejected_nan, 2, 4).expect("a rejected row's quality is free");
+        assert_eq!(v.verdicts[0], Verdict::Reject { reason: "x".into() });
+        // Rewrites of a field the schema lacks, or more of them than cells.
+        let mut far_field = verdicts(1, &[0.5], &0u32.to_le_bytes());
+        far_field.extend_from_slice(&1u32.to_le_bytes());
+        far_field.extend_from_slice(&0u32.to_le_bytes());
+        far_field.extend_from_slice(&4u32.to_le_bytes());
+        far_field.push(0);
+        assert!(err(&far_field, 1).contains("rewrote field 4 of 4"));
+        let mut many = verdicts(1, &[0.5], &0u32.to_le_bytes());
+        many.extend_from_slice(&5u32.to_le_bytes());
+        assert!(err(&many, 1).contains("5 rewrites for 1 rows of 4 fields"));
         let mut huge = verdicts(1, &[0.5], &0u32.to_le_bytes());
         huge.extend_from_slice(&1u32.to_le_bytes());
         huge.extend_from_slice(&[0; 8]);

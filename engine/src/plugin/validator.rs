@@ -22,73 +22,84 @@ use crate::datanet::validate::{
 };
 use crate::datanet::Datanet;
 
-/// The context a Datanet and config are configured under in an instance: equal inputs,
-/// equal id. The hash is keyed per process (so ids cannot be chosen to collide) and cheap,
-/// since every call computes it.
-fn context_id(datanet: &Datanet, config: &str) -> u64 {
-    use std::hash::{BuildHasher, Hash, Hasher};
-    static KEY: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
-    let mut h = KEY.get_or_init(std::hash::RandomState::new).build_hasher();
-    let schema = &datanet.spec.schema;
-    datanet.spec.id.hash(&mut h);
-    for f in &schema.fields {
-        (f.field_type.tag(), f.required, &f.name).hash(&mut h);
-    }
-    schema.text_field.hash(&mut h);
-    config.hash(&mut h);
-    h.finish()
-}
-
-/// What a context id was computed from. An instance keeps the last one, so that a call for
-/// the same Datanet and config (every chunk of a contribution) compares instead of hashing.
+/// What a validator context is configured from: everything `configure` tells the plugin
+/// (the Datanet as [`datanet_info`] describes it, and the config). Equal keys, equal
+/// context. An instance keeps the last key with its id, so that a call for the same Datanet
+/// and config (every chunk of a contribution) compares instead of hashing.
+#[derive(Hash, PartialEq)]
 pub(crate) struct ContextKey {
     datanet: String,
+    name: String,
+    license: String,
+    tags: Vec<String>,
     fields: Vec<(u8, bool, String)>,
     text_field: String,
     config: String,
-    id: u64,
 }
 
 impl ContextKey {
     fn new(datanet: &Datanet, config: &str) -> Self {
-        let schema = &datanet.spec.schema;
+        let spec = &datanet.spec;
         Self {
-            datanet: datanet.spec.id.clone(),
-            fields: schema
+            datanet: spec.id.clone(),
+            name: spec.name.clone(),
+            license: spec.license.clone(),
+            tags: spec.tags.clone(),
+            fields: spec
+                .schema
                 .fields
                 .iter()
                 .map(|f| (f.field_type.tag(), f.required, f.name.clone()))
                 .collect(),
-            text_field: schema.text_field.clone(),
+            text_field: spec.schema.text_field.clone(),
             config: config.to_string(),
-            id: context_id(datanet, config),
         }
     }
 
+    /// Whether `datanet` and `config` make this key, compared in place. (The pattern names
+    /// every field, so a field added to the key does not compile until it is compared.)
     fn matches(&self, datanet: &Datanet, config: &str) -> bool {
-        let schema = &datanet.spec.schema;
-        self.datanet == datanet.spec.id
-            && self.config == config
-            && self.text_field == schema.text_field
-            && self.fields.len() == schema.fields.len()
-            && self
-                .fields
+        let Self {
+            datanet: id,
+            name,
+            license,
+            tags,
+            fields,
+            text_field,
+            config: configured,
+        } = self;
+        let spec = &datanet.spec;
+        *id == spec.id
+            && configured == config
+            && *name == spec.name
+            && *license == spec.license
+            && *tags == spec.tags
+            && *text_field == spec.schema.text_field
+            && fields.len() == spec.schema.fields.len()
+            && fields
                 .iter()
-                .zip(&schema.fields)
+                .zip(&spec.schema.fields)
                 .all(|((tag, required, name), f)| {
                     *tag == f.field_type.tag() && *required == f.required && *name == f.name
                 })
+    }
+
+    /// The context's id. The hash is keyed per process, so ids cannot be chosen to collide.
+    fn id(&self) -> u64 {
+        use std::hash::BuildHasher;
+        static KEY: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+        KEY.get_or_init(std::hash::RandomState::new).hash_one(self)
     }
 }
 
 /// The context id of `datanet` and `config`, from the instance's last one where they match.
 fn context_in(state: &mut HostState, datanet: &Datanet, config: &str) -> u64 {
     match &state.last_context {
-        Some(last) if last.matches(datanet, config) => last.id,
+        Some((last, id)) if last.matches(datanet, config) => *id,
         _ => {
             let key = ContextKey::new(datanet, config);
-            let id = key.id;
-            state.last_context = Some(key);
+            let id = key.id();
+            state.last_context = Some((key, id));
             id
         }
     }
@@ -294,11 +305,11 @@ impl OutputSize for Answer {
 }
 
 impl Answer {
-    /// Checks the answer for `rows` rows and unpacks it.
-    pub fn unpack(self, rows: usize) -> Result<Validation, String> {
+    /// Checks the answer for a batch of `rows` rows of `fields` fields and unpacks it.
+    pub fn unpack(self, rows: usize, fields: usize) -> Result<Validation, String> {
         match self {
-            Answer::Typed(v) => unpack(v, rows),
-            Answer::Packed(bytes) => packed::unpack_verdicts(&bytes, rows),
+            Answer::Typed(v) => unpack(v, rows, fields),
+            Answer::Packed(bytes) => packed::unpack_verdicts(&bytes, rows, fields),
         }
     }
 }
@@ -490,39 +501,78 @@ fn field_value(v: types::FieldValue) -> FieldValue {
     }
 }
 
-/// Checks a plugin's packed verdicts for `rows` rows and unpacks them.
-pub fn unpack(verdicts: wit::Verdicts, rows: usize) -> Result<Validation, String> {
-    if verdicts.quality.len() != rows {
+/// Verdicts from the qualities and rejections a validator answered for `rows` rows: a
+/// rejected row's quality is ignored (as the WIT says), every other must lie in 0..=1.
+pub(crate) fn verdicts(
+    qualities: &[f64],
+    rows: usize,
+    rejections: impl IntoIterator<Item = (usize, String)>,
+) -> Result<Vec<Verdict>, String> {
+    if qualities.len() != rows {
         return Err(format!(
             "answered {} qualities for {rows} rows",
-            verdicts.quality.len()
+            qualities.len()
         ));
     }
-    let mut out: Vec<Verdict> = Vec::with_capacity(rows);
-    for (row, q) in verdicts.quality.iter().enumerate() {
-        if !(0.0..=1.0).contains(q) {
-            return Err(format!("quality {q} of row {row} is outside 0..=1"));
-        }
-        out.push(Verdict::Accept { quality: *q });
-    }
-    for rejection in verdicts.rejections {
-        let row = rejection.row as usize;
+    let mut out: Vec<Verdict> = qualities
+        .iter()
+        .map(|&quality| Verdict::Accept { quality })
+        .collect();
+    for (row, reason) in rejections {
         let Some(slot) = out.get_mut(row) else {
             return Err(format!("rejected row {row} of {rows}"));
         };
-        *slot = Verdict::Reject {
-            reason: rejection.reason,
-        };
+        *slot = Verdict::Reject { reason };
     }
+    for (row, verdict) in out.iter().enumerate() {
+        if let Verdict::Accept { quality } = verdict {
+            if !(0.0..=1.0).contains(quality) {
+                return Err(format!("quality {quality} of row {row} is outside 0..=1"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Checks that a rewrite names a row of the batch and a field of the schema.
+pub(crate) fn check_rewrite(
+    row: usize,
+    field: usize,
+    rows: usize,
+    fields: usize,
+) -> Result<(), String> {
+    if row >= rows {
+        return Err(format!("rewrote row {row} of {rows}"));
+    }
+    if field >= fields {
+        return Err(format!("rewrote field {field} of {fields}"));
+    }
+    Ok(())
+}
+
+/// Checks a plugin's typed verdicts for `rows` rows of `fields` fields and unpacks them.
+pub fn unpack(verdicts: wit::Verdicts, rows: usize, fields: usize) -> Result<Validation, String> {
+    let out = self::verdicts(
+        &verdicts.quality,
+        rows,
+        verdicts
+            .rejections
+            .into_iter()
+            .map(|r| (r.row as usize, r.reason)),
+    )?;
     let rewrites = verdicts
         .rewrites
         .into_iter()
-        .map(|r| Rewrite {
-            row: r.row as usize,
-            field: r.field as usize,
-            value: field_value(r.value),
+        .map(|r| {
+            let (row, field) = (r.row as usize, r.field as usize);
+            check_rewrite(row, field, rows, fields)?;
+            Ok(Rewrite {
+                row,
+                field,
+                value: field_value(r.value),
+            })
         })
-        .collect();
+        .collect::<Result<_, String>>()?;
     Ok(Validation {
         verdicts: out,
         rewrites,
@@ -548,6 +598,50 @@ impl Validator for WasmValidator {
         let answer = self
             .call(datanet, config, batch, state)
             .map_err(|e| fail(e.to_string()))?;
-        answer.unpack(batch.num_rows()).map_err(fail)
+        answer
+            .unpack(batch.num_rows(), datanet.spec.schema.fields.len())
+            .map_err(fail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn datanet(tags: &[&str]) -> Datanet {
+        let spec = serde_json::json!({
+            "id": "notes", "name": "Notes", "license": "CC0-1.0", "tags": tags,
+            "schema": {"text_field": "text", "fields": [{"name": "text", "type": "string", "required": true}]},
+        });
+        Datanet {
+            spec: serde_json::from_value(spec).expect("spec"),
+            curators: Vec::new(),
+            created_at: chrono::Utc::now(),
+            batches: 0,
+            versions: 0,
+        }
+    }
+
+    /// A context changes with anything `configure` tells the plugin, so an instance never
+    /// validates under a config or description it was not given.
+    #[test]
+    fn a_context_follows_everything_configure_sends() {
+        let base = datanet(&["a"]);
+        let key = ContextKey::new(&base, "{}");
+        assert!(key.matches(&base, "{}"));
+        assert_eq!(key.id(), ContextKey::new(&datanet(&["a"]), "{}").id());
+        let mut renamed = datanet(&["a"]);
+        renamed.spec.name = "Other".into();
+        let mut retyped = datanet(&["a"]);
+        retyped.spec.schema.fields[0].required = false;
+        for (other, config) in [
+            (datanet(&["a"]), "{\"x\": 1}"),
+            (datanet(&["b"]), "{}"),
+            (renamed, "{}"),
+            (retyped, "{}"),
+        ] {
+            assert!(!key.matches(&other, config));
+            assert_ne!(key.id(), ContextKey::new(&other, config).id());
+        }
     }
 }

@@ -104,6 +104,8 @@ fn attack(name: &str) -> Result<Vec<Verdict>, String> {
                 std::hint::black_box(&hoard);
             }
         }
+        // 4 MiB: well past the host's output cap (256 KiB of reasons) yet small enough to
+        // build inside the instance's memory cap, so it is the cap on output that must stop it.
         "output" => Ok(vec![Verdict::reject("x".repeat(4 << 20))]),
         "panic" => panic!("the hostile plugin panics on purpose"),
         "file" => match std::fs::read_to_string("/etc/passwd") {
