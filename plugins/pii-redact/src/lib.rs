@@ -197,24 +197,33 @@ fn bytes_between(w: u64, lo: u8, hi: u8) -> u64 {
 }
 
 /// The position of the first anchor at or after `from`, eight bytes at a time (the same
-/// arithmetic native and in WASM, with a loop test per word rather than per byte).
+/// arithmetic native and in WASM, with a loop test per word rather than per byte). The words
+/// come from `chunks_exact`, so the loop keeps one induction variable: with an index and a
+/// bounds check a word, the WASM loop carried several, and Cranelift spilled them to the
+/// stack on every iteration.
 fn next_anchor(s: &[u8], from: usize) -> Option<usize> {
-    let mut i = from;
-    while i + 8 <= s.len() {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(&s[i..i + 8]);
-        let w = u64::from_le_bytes(word);
+    let rest = s.get(from..)?;
+    let mut words = rest.chunks_exact(8);
+    let mut at = from;
+    for word in &mut words {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(word);
+        let w = u64::from_le_bytes(bytes);
         let hits = bytes_equal(w, b'@')
             | bytes_equal(w, b'+')
             | bytes_equal(w, b'(')
             | bytes_between(w, b'A', b'Z')
             | bytes_between(w, b'0', b'9');
         if hits != 0 {
-            return Some(i + (hits.trailing_zeros() / 8) as usize);
+            return Some(at + (hits.trailing_zeros() / 8) as usize);
         }
-        i += 8;
+        at += 8;
     }
-    s[i..].iter().position(|&c| is_anchor(c)).map(|k| i + k)
+    words
+        .remainder()
+        .iter()
+        .position(|&c| is_anchor(c))
+        .map(|k| at + k)
 }
 
 /// Every piece of personal data in `text`, in order, not overlapping.
