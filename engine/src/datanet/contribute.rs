@@ -144,14 +144,7 @@ impl NewRecords {
     /// Each new record with its row, sorted as the record index stores them.
     fn into_sorted(self) -> Vec<(RecordId, u32)> {
         drop((self.by_prefix, self.colliding));
-        let mut index: Vec<(RecordId, u32)> = self
-            .by_row
-            .into_iter()
-            .enumerate()
-            .map(|(row, id)| (id, row as u32))
-            .collect();
-        merkle::sort_by_hash(&mut index, |entry| &entry.0);
-        index
+        merkle::sorted_by_hash(&self.by_row, |row, id| (*id, row as u32), |entry| &entry.0)
     }
 }
 

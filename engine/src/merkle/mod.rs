@@ -99,48 +99,98 @@ fn hash_pair(a: &Hash, b: &Hash) -> Hash {
     keccak::hash(&pair_block(a, b))
 }
 
-/// Sorts `items` by the hash `key` gives, in byte order. Hashes are uniform, so a large
-/// slice is first spread over buckets by its first two bytes (one counting pass and one
-/// scatter), leaving a few items a bucket to compare: a million entries sort several times
-/// faster than by comparisons alone. Comparing the first eight bytes as one integer spares a
-/// `memcmp` call per comparison.
-pub fn sort_by_hash<T: Copy>(items: &mut [T], key: impl Fn(&T) -> &Hash) {
+/// Hashes spread over this many buckets by their first two bytes before they are compared.
+const BUCKETS: usize = 1 << 16;
+
+fn bucket(h: &Hash) -> usize {
+    usize::from(h[0]) << 8 | usize::from(h[1])
+}
+
+/// Byte order of hashes; the first eight bytes compared as one integer spare a `memcmp`
+/// call per comparison.
+fn compare_hashes(a: &Hash, b: &Hash) -> std::cmp::Ordering {
     let prefix = |h: &Hash| {
         let mut head = [0u8; 8];
         head.copy_from_slice(&h[..8]);
         u64::from_be_bytes(head)
     };
+    prefix(a).cmp(&prefix(b)).then_with(|| a.cmp(b))
+}
+
+/// Places `make(i, &source[i])` for every `i` into `out` (as long as `source`), sorted by the
+/// hash `key` gives, in byte order; with `reversed`, in the opposite order. Hashes are uniform,
+/// so a large input is spread over buckets by its first two bytes (one pass to count, one to
+/// place), leaving a few items a bucket to compare: a million entries sort several times
+/// faster than by comparisons alone, and the items are written once, straight to where they
+/// end up.
+fn scatter_by_hash<S, T: Copy>(
+    source: &[S],
+    make: impl Fn(usize, &S) -> T,
+    key: impl Fn(&T) -> &Hash,
+    out: &mut [T],
+    reversed: bool,
+) {
+    let n = source.len();
+    debug_assert_eq!(n, out.len());
     let compare = |a: &T, b: &T| {
-        let (a, b) = (key(a), key(b));
-        prefix(a).cmp(&prefix(b)).then_with(|| a.cmp(b))
+        let order = compare_hashes(key(a), key(b));
+        if reversed {
+            order.reverse()
+        } else {
+            order
+        }
     };
-    const BUCKETS: usize = 1 << 16;
-    if items.len() < BUCKETS / 4 {
-        items.sort_unstable_by(compare);
+    if n < BUCKETS / 4 {
+        for (slot, (i, s)) in out.iter_mut().zip(source.iter().enumerate()) {
+            *slot = make(i, s);
+        }
+        out.sort_unstable_by(compare);
         return;
     }
-    let bucket = |t: &T| {
-        let h = key(t);
-        usize::from(h[0]) << 8 | usize::from(h[1])
-    };
     let mut starts = vec![0usize; BUCKETS + 1];
-    for t in items.iter() {
-        starts[bucket(t) + 1] += 1;
+    for (i, s) in source.iter().enumerate() {
+        starts[bucket(key(&make(i, s))) + 1] += 1;
     }
     for b in 0..BUCKETS {
         starts[b + 1] += starts[b];
     }
     let mut next = starts.clone();
-    // The scatter reads a copy, since it writes `items` in another order.
-    let unsorted = items.to_vec();
-    for t in &unsorted {
-        let b = bucket(t);
-        items[next[b]] = *t;
+    for (i, s) in source.iter().enumerate() {
+        let t = make(i, s);
+        let b = bucket(key(&t));
+        let at = if reversed { n - 1 - next[b] } else { next[b] };
+        out[at] = t;
         next[b] += 1;
     }
     for b in 0..BUCKETS {
-        items[starts[b]..starts[b + 1]].sort_unstable_by(compare);
+        let (lo, hi) = (starts[b], starts[b + 1]);
+        let range = if reversed { n - hi..n - lo } else { lo..hi };
+        out[range].sort_unstable_by(compare);
     }
+}
+
+/// Sorts `items` by the hash `key` gives, in byte order.
+pub fn sort_by_hash<T: Copy>(items: &mut [T], key: impl Fn(&T) -> &Hash) {
+    if items.len() < BUCKETS / 4 {
+        items.sort_unstable_by(|a, b| compare_hashes(key(a), key(b)));
+        return;
+    }
+    // The scatter reads a copy, since it writes `items` in another order.
+    let unsorted = items.to_vec();
+    scatter_by_hash(&unsorted, |_, t| *t, key, items, false);
+}
+
+/// `make(i, &source[i])` for every `i`, sorted by the hash `key` gives, in byte order: what
+/// collecting and then [`sort_by_hash`] give, without the intermediate copy.
+pub fn sorted_by_hash<S, T: Copy + Default>(
+    source: &[S],
+    make: impl Fn(usize, &S) -> T,
+    key: impl Fn(&T) -> &Hash,
+) -> Vec<T> {
+    // Zeroed memory comes fresh from the kernel, so this costs no pass of its own.
+    let mut out = vec![T::default(); source.len()];
+    scatter_by_hash(source, make, key, &mut out, false);
+    out
 }
 
 /// Levels smaller than this are hashed on one thread: spawning costs more than it saves.
@@ -180,8 +230,7 @@ pub struct MerkleTree {
 impl MerkleTree {
     /// Builds the tree over leaf hashes (already hashed with one of the `leaf_*` functions).
     /// Order does not matter: leaves are sorted first, as the reference library does.
-    pub fn from_leaves(mut leaves: Vec<Hash>) -> Self {
-        sort_by_hash(&mut leaves, |h| h);
+    pub fn from_leaves(leaves: Vec<Hash>) -> Self {
         let n = leaves.len();
         if n == 0 {
             return Self {
@@ -190,10 +239,9 @@ impl MerkleTree {
             };
         }
         let mut nodes = vec![[0u8; 32]; 2 * n - 1];
-        let total = nodes.len();
-        for (i, leaf) in leaves.into_iter().enumerate() {
-            nodes[total - 1 - i] = leaf;
-        }
+        // The leaves go straight to their sorted places at the end of the array, in reverse.
+        scatter_by_hash(&leaves, |_, h| *h, |h| h, &mut nodes[n - 1..], true);
+        drop(leaves);
         // Inner nodes level by level, deepest first: a level's nodes depend only on the level
         // below, so a large level is split across threads.
         let inner = n - 1;
@@ -385,6 +433,12 @@ mod tests {
         }
         let mut expected = hashes.clone();
         expected.sort_unstable();
+        let gathered = sorted_by_hash(&hashes, |i, h| (*h, i), |entry| &entry.0);
+        for (entry, want) in gathered.iter().zip(&expected) {
+            assert_eq!(&entry.0, want);
+            assert_eq!(hashes[entry.1], entry.0, "an entry keeps its source index");
+        }
+        assert_eq!(gathered.len(), expected.len());
         sort_by_hash(&mut hashes, |h| h);
         assert_eq!(hashes, expected);
     }
@@ -422,6 +476,8 @@ mod tests {
             nodes[i] = hash_pair(&nodes[2 * i + 1], &nodes[2 * i + 2]);
         }
         assert_eq!(tree.root(), nodes[0]);
+        // Every node, leaves included: they were placed in reverse sorted order directly.
+        assert_eq!(tree.to_bytes(), nodes.concat());
     }
 
     #[test]
