@@ -359,13 +359,17 @@ impl Datanets {
         }
         let prefix = record_key(id, &[0; 32]);
         let prefix = &prefix[..prefix.len() - 32];
-        // Counted first, so that one filter sized for them (and as many again, to grow
-        // into) holds them, rather than a chain that every lookup would walk.
-        let mut count = 0usize;
-        self.store.for_each_prefix(CF_RECORDS, prefix, |_, _| {
-            count += 1;
-            Ok(())
-        })?;
+        // One filter sized for them (and as many again, to grow into) holds them, rather
+        // than a chain that every lookup would walk. The batch catalog says how many there
+        // are (each batch counts the records it added; a rejected batch's are removed), so
+        // the index is read once, not once to count and once to fill.
+        let count: u64 = self
+            .batches(id, None)?
+            .iter()
+            .filter(|b| b.status != BatchStatus::Rejected)
+            .map(|b| b.accepted)
+            .sum();
+        let count = usize::try_from(count).unwrap_or(usize::MAX);
         let mut known = KnownIds::with_capacity(count.saturating_mul(2));
         self.store.scan(CF_RECORDS, prefix, prefix, |key, _| {
             if let Ok(record) = RecordId::try_from(&key[prefix.len()..]) {

@@ -165,11 +165,10 @@ pub fn unpack_verdicts(bytes: &[u8], rows: usize, fields: usize) -> Result<Valid
     if answered != rows {
         return Err(format!("answered {answered} qualities for {rows} rows"));
     }
-    let qualities: Vec<f64> = r
+    let qualities = r
         .take(8 * rows, "the qualities")?
         .chunks_exact(8)
-        .map(|q| f64::from_le_bytes([q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]]))
-        .collect();
+        .map(|q| f64::from_le_bytes([q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]]));
     let count = r.u32("the rejection count")?;
     if count > rows {
         return Err(format!("{count} rejections for {rows} rows"));
@@ -179,7 +178,7 @@ pub fn unpack_verdicts(bytes: &[u8], rows: usize, fields: usize) -> Result<Valid
         let row = r.u32("a rejected row")?;
         rejections.push((row, r.string("a rejection's reason")?));
     }
-    let verdicts = super::validator::verdicts(&qualities, rows, rejections)?;
+    let verdicts = super::validator::verdicts(qualities, rows, rejections)?;
     let count = r.u32("the rewrite count")?;
     if count > rows.saturating_mul(fields) {
         return Err(format!(

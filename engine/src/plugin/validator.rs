@@ -504,7 +504,7 @@ fn field_value(v: types::FieldValue) -> FieldValue {
 /// Verdicts from the qualities and rejections a validator answered for `rows` rows: a
 /// rejected row's quality is ignored (as the WIT says), every other must lie in 0..=1.
 pub(crate) fn verdicts(
-    qualities: &[f64],
+    qualities: impl ExactSizeIterator<Item = f64>,
     rows: usize,
     rejections: impl IntoIterator<Item = (usize, String)>,
 ) -> Result<Vec<Verdict>, String> {
@@ -515,8 +515,7 @@ pub(crate) fn verdicts(
         ));
     }
     let mut out: Vec<Verdict> = qualities
-        .iter()
-        .map(|&quality| Verdict::Accept { quality })
+        .map(|quality| Verdict::Accept { quality })
         .collect();
     for (row, reason) in rejections {
         let Some(slot) = out.get_mut(row) else {
@@ -553,7 +552,7 @@ pub(crate) fn check_rewrite(
 /// Checks a plugin's typed verdicts for `rows` rows of `fields` fields and unpacks them.
 pub fn unpack(verdicts: wit::Verdicts, rows: usize, fields: usize) -> Result<Validation, String> {
     let out = self::verdicts(
-        &verdicts.quality,
+        verdicts.quality.iter().copied(),
         rows,
         verdicts
             .rejections
