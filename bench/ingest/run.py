@@ -8,7 +8,8 @@ Prints a Markdown table of medians. `--perf FILE` instead profiles one pre-signe
 the server with `perf record` (`perf report -i FILE` reads it). Three measurements of ours:
 - end to end: `tributary contribute` (the CLI hashes and signs the file, then streams it);
 - server only: the same upload with a signature computed beforehand, sent by curl;
-- peak memory: the server's peak resident set (VmHWM) during the upload.
+- peak memory: the server's peak resident set (VmHWM) during the upload and the record
+  index it finishes after acknowledging the batch.
 """
 
 import argparse
@@ -75,6 +76,12 @@ def on_fresh_server(upload, n):
         server = Server(tmp)
         seconds, batch = upload(server)
         assert batch["accepted"] == n, batch
+        # A large batch's record index is finished after the acknowledgement; the peak counts
+        # it too. Looking up a record waits for it (and finds no record of all zeros).
+        missing = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                                  f"{server.url}/v1/datanets/bench-ingest/records/{'0' * 64}"],
+                                 check=True, capture_output=True, text=True).stdout
+        assert missing == "404", missing
         peak = peak_rss_mb(server.proc.pid)
         server.stop()
         return seconds, peak
@@ -97,8 +104,9 @@ def post_presigned(data, perf=None):
             token = f.read().strip()
         recorder = None
         if perf:
-            recorder = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-o", perf,
-                                         "-p", str(server.proc.pid)], stderr=subprocess.DEVNULL)
+            target = ["-a"] if os.environ.get("PERF_ALL") else ["-p", str(server.proc.pid)]
+            recorder = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-o", perf, *target],
+                                        stderr=subprocess.DEVNULL)
             time.sleep(0.5)
         start = time.perf_counter()
         out = subprocess.run(

@@ -199,6 +199,9 @@ impl From<DatanetError> for ApiError {
             DatanetError::Segment(_) | DatanetError::Store(_) | DatanetError::Io(_) => {
                 Self::internal(detail)
             }
+            DatanetError::IndexUnfinished { .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "index-unfinished", detail)
+            }
         }
     }
 }

@@ -10,12 +10,11 @@
 //! RocksDB batch commits the batch, its record index entries and the Datanet's counter. A
 //! crash before that commit leaves an orphan file, which [`Datanets::open`] removes.
 
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 use std::fs;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::sync_channel;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::{
     ArrayRef, BooleanArray, FixedSizeBinaryArray, Float64Array, RecordBatch, StringBuilder,
@@ -28,6 +27,8 @@ use chrono::Utc;
 
 use super::ingest::{self, Chunk, ChunkReader, ErrorReport, Input, InputFormat};
 use super::known::KnownIds;
+use super::new_records::NewRecords;
+use super::pending_index::PendingIndex;
 use super::record::{record_ids, RecordId};
 use super::schema::{DatanetSchema, RECORD_ID_BYTES, TIMEZONE};
 use super::segment::{persist_file, SegmentWriter};
@@ -41,9 +42,9 @@ use super::{
     ReviewMode,
 };
 use crate::identity::{recover_personal, Address, Signature};
-use crate::merkle::{self, Hash, MerkleTree};
+use crate::merkle::{self, Hash, LeafBuckets};
 use crate::plugin::state::StateChanges;
-use crate::store::{RecordsFile, StoreError, CF_BATCHES, CF_CATALOG, CF_META, CF_RECORDS};
+use crate::store::{RecordsFile, Store, StoreError, CF_BATCHES, CF_CATALOG, CF_META, CF_RECORDS};
 
 /// How many duplicates a batch lists; the total is always counted.
 pub const MAX_REPORTED_DUPLICATES: usize = 100;
@@ -53,6 +54,9 @@ const PIPELINE_DEPTH: usize = 4;
 /// instead of going through the memtable in the batch's own commit.
 pub const BULK_INDEX_MIN: usize = 50_000;
 const PENDING_INDEX_PREFIX: &str = "pending-index/";
+/// How many ids ahead of its lookup a batch's record table is asked for an id's slot: about
+/// as many as the memory system has misses in flight.
+const PREFETCH_AHEAD: usize = 8;
 
 fn pending_index_key(id: &str, batch: u64) -> String {
     format!("{PENDING_INDEX_PREFIX}{id}\0{batch:016x}")
@@ -75,86 +79,142 @@ pub struct BatchCommitment {
     pub errors: ErrorReport,
 }
 
-/// Record ids are BLAKE3 outputs, uniformly distributed and not steerable by a contributor,
-/// so their first bytes already are a good hash.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut first = [0u8; 8];
-        let n = bytes.len().min(8);
-        first[..n].copy_from_slice(&bytes[..n]);
-        self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(first);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
+/// Each of `rows`' ids with its row, sorted as the record index stores them.
+fn sorted_rows(rows: &[RecordId]) -> Vec<(RecordId, u32)> {
+    merkle::sorted_by_hash(rows, |row, id| (*id, row as u32), |entry| &entry.0)
 }
 
-type IdBuild = BuildHasherDefault<IdHasher>;
-
-/// The batch's new records, in the order of their rows in the segment, and how a record
-/// already among them is found. The lookup keys on an id's first eight bytes, which a
-/// table of 12-byte slots holds in a third of the memory a table of whole ids would take
-/// (and so with fewer cache misses at a million records); ids that share those bytes with
-/// an earlier one, which for uniform ids is about one batch in 10^7 at a million rows, go
-/// to a map of whole ids.
-#[derive(Default)]
-struct NewRecords {
-    by_row: Vec<RecordId>,
-    by_prefix: HashMap<u64, u32, IdBuild>,
-    colliding: HashMap<RecordId, u32, IdBuild>,
+/// A committed batch's record index entries: in its own commit, or after it.
+enum IndexEntries {
+    /// Sorted, with their rows.
+    Now(Vec<(RecordId, u32)>),
+    /// The ids in row order, indexed after the acknowledgement.
+    Later(Vec<RecordId>),
 }
 
-impl NewRecords {
-    fn prefix(id: &RecordId) -> u64 {
-        let mut head = [0u8; 8];
-        head.copy_from_slice(&id[..8]);
-        u64::from_le_bytes(head)
-    }
+/// [`IndexEntries`] once the commit is on its way.
+enum Committed {
+    Now(Vec<(RecordId, u32)>),
+    Later(Vec<RecordId>, PendingIndex),
+}
 
-    fn len(&self) -> usize {
-        self.by_row.len()
-    }
+/// What finishing a large batch's index after its commit needs, on a thread of its own.
+struct FinishIndex {
+    store: Arc<Store>,
+    tmp: PathBuf,
+    datanet: String,
+    batch: u64,
+    contributor: Address,
+    known: Arc<Mutex<KnownIds>>,
+}
 
-    /// Adds `id` as the next row unless the batch has it already; says whether it was new.
-    fn insert(&mut self, id: &RecordId) -> bool {
-        let row = self.by_row.len() as u32;
-        match self.by_prefix.entry(Self::prefix(id)) {
-            Entry::Vacant(slot) => {
-                slot.insert(row);
-            }
-            Entry::Occupied(slot) => {
-                if self.by_row[*slot.get() as usize] == *id {
-                    return false;
-                }
-                match self.colliding.entry(*id) {
-                    Entry::Occupied(_) => return false,
-                    Entry::Vacant(slot) => {
-                        slot.insert(row);
-                    }
-                }
+impl FinishIndex {
+    fn run(self, rows: Vec<RecordId>, pending: PendingIndex) {
+        let start = std::time::Instant::now();
+        {
+            // The next contribution's lookups trust the filter; it waits for us first.
+            let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            for record in &rows {
+                known.insert(record);
             }
         }
-        self.by_row.push(*id);
-        true
+        let sorted = sorted_rows(&rows);
+        drop(rows);
+        let location = |row: u32| RecordLocation {
+            batch: self.batch,
+            row,
+            contributor: self.contributor,
+        };
+        let file = write_index_files(
+            &self.store,
+            &self.tmp,
+            &self.datanet,
+            &sorted,
+            |(r, row)| (*r, location(*row)),
+        );
+        let entries = sorted.iter().map(|(r, row)| (*r, location(*row)));
+        match load_index(&self.store, &self.datanet, self.batch, entries, file) {
+            Ok(()) => {
+                tracing::debug!(
+                    datanet = self.datanet,
+                    batch = self.batch,
+                    index_ms = start.elapsed().as_millis() as u64,
+                    "record index finished"
+                );
+                pending.done();
+            }
+            Err(e) => {
+                tracing::error!(datanet = self.datanet, batch = self.batch, error = %e, "the record index could not be finished; a restart rebuilds it");
+                pending.fail(e.to_string());
+            }
+        }
     }
+}
 
-    /// Each new record with its row, sorted as the record index stores them.
-    fn into_sorted(self) -> Vec<(RecordId, u32)> {
-        drop((self.by_prefix, self.colliding));
-        merkle::sorted_by_hash(&self.by_row, |row, id| (*id, row as u32), |entry| &entry.0)
+/// Writes index entries of Datanet `id`, sorted by record id, as SST files: the two halves of
+/// the key range side by side.
+fn write_index_files<T: Sync>(
+    store: &Store,
+    tmp: &Path,
+    id: &str,
+    sorted: &[T],
+    entry: impl Fn(&T) -> (RecordId, RecordLocation) + Sync,
+) -> Result<RecordsFile, StoreError> {
+    let write = |part: &[T]| {
+        store.write_records_file(tmp, |put| {
+            let mut key = record_key(id, &[0; 32]);
+            let at = key.len() - std::mem::size_of::<RecordId>();
+            for t in part {
+                let (record, location) = entry(t);
+                key[at..].copy_from_slice(&record);
+                put(&key, &location.encode())?;
+            }
+            Ok(())
+        })
+    };
+    let (low, high) = sorted.split_at(sorted.len() / 2);
+    if low.is_empty() {
+        return write(high);
     }
+    std::thread::scope(|scope| {
+        let low = scope.spawn(|| write(low));
+        let high = write(high)?;
+        let low = low
+            .join()
+            .map_err(|_| StoreError::Io("writing an index file panicked".into()))??;
+        Ok(low.and(high))
+    })
+}
+
+/// Loads a committed batch's index `file` (written from `entries`) and clears its pending
+/// marker. If the file could not be written or loaded, the entries go in through a write
+/// batch.
+fn load_index(
+    store: &Store,
+    id: &str,
+    batch: u64,
+    entries: impl Iterator<Item = (RecordId, RecordLocation)>,
+    file: Result<RecordsFile, StoreError>,
+) -> Result<(), DatanetError> {
+    let mut done = store.batch();
+    if let Err(e) = file.and_then(|f| store.ingest_records_file(f)) {
+        tracing::warn!(datanet = id, batch, error = %e, "bulk index load failed; writing entries instead");
+        for (record, location) in entries {
+            done.put(CF_RECORDS, record_key(id, &record), location.encode());
+        }
+    }
+    done.delete(CF_META, pending_index_key(id, batch));
+    done.commit()?;
+    Ok(())
 }
 
 /// A chunk of valid rows with their ids.
 struct HashedChunk {
     chunk: Chunk,
     ids: Vec<RecordId>,
-    /// `keccak256` of each id: the first half of its Merkle leaf, hashed on the reader's
-    /// thread, which has less to do than the writer's.
-    first_hashes: Vec<Hash>,
+    /// The first of the two hashes of each id's Merkle leaf, when the writer is to finish
+    /// them; `None` when the reader added the leaves itself.
+    first_hashes: Option<Vec<Hash>>,
     /// Per id, the batch that first stored it, if the Datanet has it already; empty when
     /// the reader was given no lookup.
     stored_in: Vec<Option<u64>>,
@@ -166,23 +226,37 @@ struct HashedChunk {
 type Lookup<'a> = &'a (dyn Fn(&[RecordId]) -> Result<Vec<Option<u64>>, DatanetError> + Sync);
 
 /// Reads `reader` on a second thread, hashing (and with `lookup`, looking up) as it goes,
-/// and hands each chunk to `each` on this one. Returns the reader's report of bad rows.
+/// and hands each chunk to `each` on this one. Returns the reader's report of bad rows and
+/// the Merkle leaves of every valid row.
+///
+/// Which thread sets the pace depends on the input and the validators, so the leaves, two
+/// keccak256s a row, go to whichever has time: the reader hashes a chunk's leaves whole
+/// while the writer has chunks waiting, and only halfway, for the writer to finish, while
+/// the writer waits for it.
 fn read_hashed(
     reader: Box<dyn ChunkReader>,
     schema: &DatanetSchema,
     lookup: Option<Lookup<'_>>,
     mut each: impl FnMut(HashedChunk) -> Result<(), DatanetError>,
-) -> Result<ErrorReport, DatanetError> {
+) -> Result<(ErrorReport, LeafBuckets), DatanetError> {
     let (tx, rx) = sync_channel::<Result<HashedChunk, DatanetError>>(PIPELINE_DEPTH);
+    let waiting = AtomicUsize::new(0);
+    let waiting = &waiting;
     std::thread::scope(|scope| {
         let producer = scope.spawn(move || {
             let mut reader = reader;
             let mut report = ErrorReport::default();
+            let mut leaves = LeafBuckets::default();
             loop {
                 let message = match reader.next_chunk(&mut report) {
                     Ok(Some(chunk)) => {
                         let ids = record_ids(schema, &chunk.batch);
-                        let first_hashes = merkle::first_hashes_bytes32(&ids);
+                        let first_hashes = if waiting.load(Ordering::Relaxed) > 0 {
+                            leaves.push_values(&ids);
+                            None
+                        } else {
+                            Some(merkle::first_hashes_bytes32(&ids))
+                        };
                         let stored_in = lookup.map_or(Ok(Vec::new()), |find| find(&ids));
                         stored_in.map(|stored_in| HashedChunk {
                             chunk,
@@ -196,25 +270,35 @@ fn read_hashed(
                     Err(e) => Err(DatanetError::from(e)),
                 };
                 let failed = message.is_err();
+                waiting.fetch_add(1, Ordering::Relaxed);
                 // A closed channel means the writer stopped; so do we.
                 if tx.send(message).is_err() || failed {
                     break;
                 }
             }
-            report
+            (report, leaves)
         });
         let mut outcome = Ok(());
+        let mut finished = LeafBuckets::default();
         for message in rx.iter() {
-            if let Err(e) = message.and_then(&mut each) {
+            waiting.fetch_sub(1, Ordering::Relaxed);
+            let step = message.and_then(|mut hashed| {
+                if let Some(first) = hashed.first_hashes.take() {
+                    finished.push_from_first(&first);
+                }
+                each(hashed)
+            });
+            if let Err(e) = step {
                 outcome = Err(e);
                 break;
             }
         }
         drop(rx);
-        let report = producer
+        let (report, mut leaves) = producer
             .join()
             .map_err(|_| DatanetError::Io(std::io::Error::other("the upload reader panicked")))?;
-        outcome.map(|()| report)
+        leaves.merge(finished);
+        outcome.map(|()| (report, leaves))
     })
 }
 
@@ -229,13 +313,11 @@ impl Datanets {
         let schema = &datanet.spec.schema;
         let reader = ingest::open(format, input, schema)?;
         let mut ids = Vec::new();
-        let mut leaves = Vec::new();
-        let errors = read_hashed(reader, schema, None, |hashed| {
-            merkle::push_leaves_from_first(&hashed.first_hashes, &mut leaves);
+        let (errors, leaves) = read_hashed(reader, schema, None, |hashed| {
             ids.extend_from_slice(&hashed.ids);
             Ok(())
         })?;
-        let root = MerkleTree::from_leaves(leaves).root();
+        let root = leaves.into_tree().root();
         Ok(BatchCommitment { ids, root, errors })
     }
 
@@ -269,7 +351,6 @@ impl Datanets {
             submitted_at: submitted_at.timestamp_micros(),
             schema: segment_schema,
             rows: 0,
-            leaves: Vec::new(),
             new_records: NewRecords::default(),
             duplicates: 0,
             duplicate_examples: Vec::new(),
@@ -281,8 +362,8 @@ impl Datanets {
         let started = std::time::Instant::now();
         // The reader thread looks each chunk up in the record index, which nothing else
         // changes for this Datanet while its lock is held.
-        let known = self.known_ids(id)?;
-        let mut known = known.lock().unwrap_or_else(|p| p.into_inner());
+        let known_ids = self.known_ids(id)?;
+        let mut known = known_ids.lock().unwrap_or_else(|p| p.into_inner());
         let known_now: &KnownIds = &known;
         let lookup = |ids: &[RecordId]| self.stored_in(id, ids, known_now);
         let destination = Destination {
@@ -293,7 +374,6 @@ impl Datanets {
         };
         let read = read_hashed(reader, &schema, Some(&lookup), |hashed| {
             dedup.rows += hashed.ids.len() as u64;
-            merkle::push_leaves_from_first(&hashed.first_hashes, &mut dedup.leaves);
             if reject_bad_rows && (hashed.bad_rows_so_far > 0 || !dedup.rejected.is_empty()) {
                 // The batch will be refused; read on only to report every problem.
                 return Ok(());
@@ -306,7 +386,7 @@ impl Datanets {
             let _ = fs::remove_file(&tmp_path);
             e
         };
-        let mut errors = read.map_err(cleanup)?;
+        let (mut errors, leaves) = read.map_err(cleanup)?;
         errors.merge(std::mem::take(&mut dedup.rejected));
         if reject_bad_rows && !errors.is_empty() {
             return Err(cleanup(DatanetError::InvalidRows(Box::new(errors))));
@@ -327,9 +407,10 @@ impl Datanets {
             drop(writer);
             None
         };
-        // While the commitment is checked, sync the segment and sort the batch's index (and
-        // for a large batch write it as an SST file) on other threads: none needs the others.
-        let leaves = std::mem::take(&mut dedup.leaves);
+        // While the commitment is checked, sync the segment on another thread. A small batch's
+        // index entries are sorted there too and go in with its commit; a large batch's are
+        // finished after the acknowledgement (see `pending_index`), which would otherwise
+        // wait for them.
         let new_records = std::mem::take(&mut dedup.new_records);
         let bulk = new_records.len() >= self.bulk_index_min;
         let location = |row: u32| RecordLocation {
@@ -345,21 +426,16 @@ impl Datanets {
                     f.sync_all().map(|()| start.elapsed())
                 })
             });
-            let indexing = scope.spawn(|| {
-                let start = std::time::Instant::now();
-                // Sorted keys load into RocksDB several times faster than random ones.
-                let index = new_records.into_sorted();
-                let records_file = bulk.then(|| {
-                    self.write_index_files(id, &index, |(r, row)| (*r, location(*row)))
-                        .inspect_err(|e| {
-                            tracing::warn!(datanet = id, batch = batch_id, error = %e, "writing the index file failed; writing entries instead");
-                        })
-                        .ok()
-                });
-                (index, records_file.flatten(), start.elapsed())
+            let indexing = scope.spawn(move || {
+                if bulk {
+                    IndexEntries::Later(new_records.into_rows())
+                } else {
+                    // Sorted keys go into RocksDB several times faster than random ones.
+                    IndexEntries::Now(sorted_rows(&new_records.into_rows()))
+                }
             });
             let start = std::time::Instant::now();
-            let root = MerkleTree::from_leaves(leaves).root();
+            let root = leaves.into_tree().root();
             let root_ms = start.elapsed().as_millis() as u64;
             let synced = sync.map_or(Ok(Default::default()), |h| {
                 h.join()
@@ -367,7 +443,7 @@ impl Datanets {
             });
             (root, synced.map(|t| (t, root_ms)), indexing.join())
         });
-        let Ok((index, records_file, index_time)) = indexed else {
+        let Ok(index) = indexed else {
             return Err(cleanup(DatanetError::Io(std::io::Error::other(
                 "sorting the batch's index panicked",
             ))));
@@ -421,32 +497,60 @@ impl Datanets {
         };
         datanet.batches = batch_id;
         let mut write = self.store.batch();
-        if records_file.is_some() {
-            // The index goes in after this commit, through an SST file; the marker makes a
-            // restart finish it from the segment if we crash in between.
-            write.put(CF_META, pending_index_key(id, batch_id), b"");
-        } else {
-            for (record, row) in &index {
-                write.put(CF_RECORDS, record_key(id, record), location(*row).encode());
+        match &index {
+            IndexEntries::Now(sorted) => {
+                for (record, row) in sorted {
+                    write.put(CF_RECORDS, record_key(id, record), location(*row).encode());
+                }
             }
+            // The marker makes a restart finish the index from the segment if we crash
+            // before it is in.
+            IndexEntries::Later(_) => write.put(CF_META, pending_index_key(id, batch_id), b""),
         }
         write.put_json(CF_BATCHES, batch_key(id, batch_id), &batch)?;
         // Validator state lands with the batch it judged, or not at all.
         dedup.state.write_to(&self.store, &mut write)?;
         write.put_json(CF_CATALOG, datanet_key(id), &datanet)?;
         let persisted = started.elapsed();
-        write.commit()?;
-        // Before anything else can fail: the next contribution's lookups trust the filter.
-        for (record, _) in &index {
-            known.insert(record);
+        // Registered before the commit, so that no reader finds the batch without waiting
+        // for its index.
+        let index = match index {
+            IndexEntries::Now(sorted) => Committed::Now(sorted),
+            IndexEntries::Later(rows) => Committed::Later(rows, self.pending.begin(id, batch_id)),
+        };
+        if let Err(e) = write.commit() {
+            if let Committed::Later(_, pending) = index {
+                // Nothing was committed, so there is no index to finish.
+                pending.done();
+            }
+            return Err(e.into());
         }
-        if let Some(file) = records_file {
-            self.load_index(
-                id,
-                batch_id,
-                index.iter().map(|(r, row)| (*r, location(*row))),
-                Ok(file),
-            )?;
+        match index {
+            Committed::Now(sorted) => {
+                // Before anything else can fail: the next contribution's lookups trust it.
+                for (record, _) in &sorted {
+                    known.insert(record);
+                }
+            }
+            Committed::Later(rows, pending) => {
+                drop(known);
+                let finish = FinishIndex {
+                    store: self.store.clone(),
+                    tmp: self.dirs.tmp.clone(),
+                    datanet: id.to_string(),
+                    batch: batch_id,
+                    contributor: contribution.contributor,
+                    known: known_ids,
+                };
+                // Should the thread not start, the handle it was given ends unfinished, which
+                // readers are told about, and the marker has a restart finish the index.
+                let spawned = std::thread::Builder::new()
+                    .name(format!("index-{batch_id}"))
+                    .spawn(move || finish.run(rows, pending));
+                if let Err(e) = spawned {
+                    tracing::error!(datanet = id, batch = batch_id, error = %e, "could not start the index thread");
+                }
+            }
         }
         tracing::debug!(
             datanet = id,
@@ -457,68 +561,11 @@ impl Datanets {
             finish_ms,
             root_ms,
             sync_ms = sync_time.as_millis() as u64,
-            index_ms = index_time.as_millis() as u64,
             persist_ms = (persisted - verified).as_millis() as u64,
             commit_ms = (started.elapsed() - persisted).as_millis() as u64,
             "contribution committed"
         );
         Ok(batch)
-    }
-
-    /// Writes index entries of Datanet `id`, sorted by record id, as SST files: the two
-    /// halves of the key range side by side.
-    fn write_index_files<T: Sync>(
-        &self,
-        id: &str,
-        sorted: &[T],
-        entry: impl Fn(&T) -> (RecordId, RecordLocation) + Sync,
-    ) -> Result<RecordsFile, StoreError> {
-        let write = |part: &[T]| {
-            self.store.write_records_file(&self.dirs.tmp, |put| {
-                let mut key = record_key(id, &[0; 32]);
-                let at = key.len() - std::mem::size_of::<RecordId>();
-                for t in part {
-                    let (record, location) = entry(t);
-                    key[at..].copy_from_slice(&record);
-                    put(&key, &location.encode())?;
-                }
-                Ok(())
-            })
-        };
-        let (low, high) = sorted.split_at(sorted.len() / 2);
-        if low.is_empty() {
-            return write(high);
-        }
-        std::thread::scope(|scope| {
-            let low = scope.spawn(|| write(low));
-            let high = write(high)?;
-            let low = low
-                .join()
-                .map_err(|_| StoreError::Io("writing an index file panicked".into()))??;
-            Ok(low.and(high))
-        })
-    }
-
-    /// Loads a committed batch's index `file` (written from `entries`) and clears its
-    /// pending marker. If the file could not be written or loaded, the entries go in through
-    /// a write batch.
-    fn load_index(
-        &self,
-        id: &str,
-        batch: u64,
-        entries: impl Iterator<Item = (RecordId, RecordLocation)>,
-        file: Result<RecordsFile, StoreError>,
-    ) -> Result<(), DatanetError> {
-        let mut done = self.store.batch();
-        if let Err(e) = file.and_then(|f| self.store.ingest_records_file(f)) {
-            tracing::warn!(datanet = id, batch, error = %e, "bulk index load failed; writing entries instead");
-            for (record, location) in entries {
-                done.put(CF_RECORDS, record_key(id, &record), location.encode());
-            }
-        }
-        done.delete(CF_META, pending_index_key(id, batch));
-        done.commit()?;
-        Ok(())
     }
 
     /// Finishes the index of batches committed just before a crash, from their segments.
@@ -554,8 +601,8 @@ impl Datanets {
                 .map(|(row, record)| (record, location(row)))
                 .collect();
             merkle::sort_by_hash(&mut entries, |entry| &entry.0);
-            let file = self.write_index_files(id, &entries, |e| *e);
-            self.load_index(id, batch_id, entries.iter().copied(), file)?;
+            let file = write_index_files(&self.store, &self.dirs.tmp, id, &entries, |e| *e);
+            load_index(&self.store, id, batch_id, entries.iter().copied(), file)?;
         }
         Ok(pending.len())
     }
@@ -654,6 +701,9 @@ impl Datanets {
         let mut kept_ids = Vec::with_capacity(ids.len());
         let mut quality = Vec::with_capacity(ids.len());
         for (i, (record, stored)) in ids.iter().zip(stored_in).enumerate() {
+            if let Some(ahead) = ids.get(i + PREFETCH_AHEAD) {
+                dedup.new_records.prefetch(ahead);
+            }
             if judgement.as_ref().is_some_and(|j| !j.keep[i]) {
                 keep.push(false);
                 continue;
@@ -711,8 +761,6 @@ struct Dedup {
     schema: SchemaRef,
     /// Valid rows received.
     rows: u64,
-    /// Merkle leaves of every valid row, for the signed root.
-    leaves: Vec<Hash>,
     /// New records in the order of their rows in the segment; also how in-batch
     /// duplicates are found.
     new_records: NewRecords,
@@ -766,28 +814,21 @@ mod tests {
     const SPEC: &str = r#"{"id": "notes", "name": "Notes", "license": "CC0-1.0", "review": "auto",
       "schema": {"fields": [{"name": "text", "type": "string", "required": true}], "text_field": "text"}}"#;
 
-    #[test]
-    fn new_records_tell_ids_that_share_a_prefix_apart() {
-        let id = |head: u8, tail: u8| {
-            let mut id = [head; 32];
-            id[31] = tail;
-            id
+    /// Signs `body` (JSONL) with `key` as the CLI does and contributes it to "notes".
+    fn contribute_jsonl(datanets: &Datanets, key: &Key, body: &[u8]) -> (Batch, Vec<RecordId>) {
+        let datanet = datanets.get("notes").expect("get");
+        let input = || Input::Stream(Box::new(Cursor::new(body.to_vec())));
+        let commitment =
+            Datanets::commitment(&datanet, InputFormat::Jsonl, input()).expect("commitment");
+        let contribution = Contribution {
+            format: InputFormat::Jsonl,
+            contributor: key.address(),
+            signature: key.sign_personal(&commitment.root),
         };
-        let mut records = NewRecords::default();
-        // The same first eight bytes, different ids: both are new, each once.
-        assert!(records.insert(&id(1, 0)));
-        assert!(records.insert(&id(1, 1)));
-        assert!(records.insert(&id(1, 2)));
-        assert!(records.insert(&id(2, 0)));
-        assert!(!records.insert(&id(1, 0)));
-        assert!(!records.insert(&id(1, 2)));
-        assert!(!records.insert(&id(2, 0)));
-        assert_eq!(records.len(), 4);
-        let mut sorted = records.into_sorted();
-        sorted.sort_by_key(|(_, row)| *row);
-        let rows: Vec<(RecordId, u32)> =
-            vec![(id(1, 0), 0), (id(1, 1), 1), (id(1, 2), 2), (id(2, 0), 3)];
-        assert_eq!(sorted, rows);
+        let batch = datanets
+            .contribute("notes", contribution, input())
+            .expect("contribute");
+        (batch, commitment.ids)
     }
 
     /// Segments written before `_record_id` was stored as bytes hold hex; they still give
@@ -801,20 +842,8 @@ mod tests {
         datanets
             .create(serde_json::from_str(SPEC).expect("spec"), "carol")
             .expect("create");
-        let datanet = datanets.get("notes").expect("get");
         let rows = "{\"text\": \"a\"}\n{\"text\": \"b\"}\n";
-        let input = || Input::Stream(Box::new(Cursor::new(rows.as_bytes().to_vec())));
-        let commitment =
-            Datanets::commitment(&datanet, InputFormat::Jsonl, input()).expect("commitment");
-        let key = Key::generate();
-        let contribution = Contribution {
-            format: InputFormat::Jsonl,
-            contributor: key.address(),
-            signature: key.sign_personal(&commitment.root),
-        };
-        let batch = datanets
-            .contribute("notes", contribution, input())
-            .expect("contribute");
+        let (batch, committed_ids) = contribute_jsonl(&datanets, &Key::generate(), rows.as_bytes());
         let rel = batch.segment.expect("a segment");
         let path = dir.path().join(&rel);
         let stored: Vec<RecordBatch> = super::super::segment::read(&path, None)
@@ -826,6 +855,7 @@ mod tests {
             &arrow::datatypes::DataType::FixedSizeBinary(32)
         );
         // Rewrite it as the older format.
+        let datanet = datanets.get("notes").expect("get");
         let legacy_schema = datanet.spec.schema.export_schema();
         let tmp = dir.path().join("tmp").join("legacy.parquet");
         let mut writer =
@@ -846,7 +876,7 @@ mod tests {
         persist_file(&tmp, &path).expect("persist");
 
         let ids = datanets.segment_record_ids(&rel).expect("ids");
-        assert_eq!(ids, commitment.ids);
+        assert_eq!(ids, committed_ids);
         datanets.publish("notes").expect("publish");
         let export = datanets.export("notes", 1).expect("export");
         let exported: Vec<String> = super::super::segment::read(&export, Some(&["_record_id"]))
@@ -857,7 +887,7 @@ mod tests {
                 (0..column.len()).map(move |i| column.value(i).to_string())
             })
             .collect();
-        let expected: Vec<String> = commitment.ids.iter().map(hex::encode).collect();
+        let expected: Vec<String> = committed_ids.iter().map(hex::encode).collect();
         assert_eq!(exported, expected);
     }
 
@@ -867,20 +897,8 @@ mod tests {
     fn duplicates_are_found_across_restarts_and_batches() {
         let dir = tempfile::tempdir().expect("tempdir");
         let key = Key::generate();
-        let contribute = |datanets: &Datanets, rows: &str| {
-            let datanet = datanets.get("notes").expect("get");
-            let input = || Input::Stream(Box::new(Cursor::new(rows.as_bytes().to_vec())));
-            let commitment =
-                Datanets::commitment(&datanet, InputFormat::Jsonl, input()).expect("commitment");
-            let contribution = Contribution {
-                format: InputFormat::Jsonl,
-                contributor: key.address(),
-                signature: key.sign_personal(&commitment.root),
-            };
-            datanets
-                .contribute("notes", contribution, input())
-                .expect("contribute")
-        };
+        let contribute =
+            |datanets: &Datanets, rows: &str| contribute_jsonl(datanets, &key, rows.as_bytes()).0;
         {
             let datanets = Datanets::open(dir.path()).expect("open");
             datanets
@@ -906,6 +924,38 @@ mod tests {
         assert_eq!(firsts, vec![2, 1]);
     }
 
+    /// A large batch's index is finished after the acknowledgement; whatever reads the index
+    /// next waits for it, so the batch's records are there at once and the next batch finds
+    /// its duplicates.
+    #[test]
+    fn an_index_finished_after_the_acknowledgement_is_seen_by_the_next_reader() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let datanets = Datanets::open(dir.path())
+            .expect("open")
+            .with_bulk_index_min(1);
+        datanets
+            .create(serde_json::from_str(SPEC).expect("spec"), "carol")
+            .expect("create");
+        let key = Key::generate();
+        let contribute =
+            |lines: Vec<String>| contribute_jsonl(&datanets, &key, lines.concat().as_bytes());
+        let line = |i: u32| format!("{{\"text\": \"note {i}\"}}\n");
+        let (first, ids) = contribute((0..2000).map(line).collect());
+        assert_eq!(first.accepted, 2000);
+        // Straight after the acknowledgement, with no wait of our own.
+        for (row, id) in ids.iter().enumerate().step_by(97) {
+            let info = datanets
+                .record("notes", &record_id_hex(id))
+                .expect("the record is found");
+            assert_eq!((info.batch, info.row as usize), (1, row));
+        }
+        let (second, _) = contribute((1500..2500).map(line).collect());
+        assert_eq!((second.accepted, second.duplicates), (500, 500));
+        assert!(second.duplicate_examples.iter().all(|d| d.first_batch == 1));
+        let version = datanets.publish("notes").expect("publish");
+        assert_eq!(version.records, 2500);
+    }
+
     #[test]
     fn a_crash_between_commit_and_bulk_index_load_is_finished_at_start() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -917,28 +967,17 @@ mod tests {
             datanets
                 .create(serde_json::from_str(SPEC).expect("spec"), "carol")
                 .expect("create");
-            let datanet = datanets.get("notes").expect("get");
-            let input = || Input::Stream(Box::new(Cursor::new(rows.as_bytes().to_vec())));
-            let commitment =
-                Datanets::commitment(&datanet, InputFormat::Jsonl, input()).expect("commitment");
-            let key = Key::generate();
-            let contribution = Contribution {
-                format: InputFormat::Jsonl,
-                contributor: key.address(),
-                signature: key.sign_personal(&commitment.root),
-            };
-            datanets
-                .contribute("notes", contribution, input())
-                .expect("contribute");
+            let (_, ids) = contribute_jsonl(&datanets, &Key::generate(), rows.as_bytes());
+            datanets.index_ready("notes").expect("index finished");
             // Put the store back in the state a crash right after the batch's commit leaves:
             // the marker set and no index entries.
             let mut crash = datanets.store.batch();
             crash.put(CF_META, pending_index_key("notes", 1), b"");
-            for id in &commitment.ids {
+            for id in &ids {
                 crash.delete(CF_RECORDS, record_key("notes", id));
             }
             crash.commit().expect("commit");
-            let ids: Vec<String> = commitment.ids.iter().map(record_id_hex).collect();
+            let ids: Vec<String> = ids.iter().map(record_id_hex).collect();
             assert!(
                 datanets.record("notes", &ids[0]).is_err(),
                 "index entries removed"

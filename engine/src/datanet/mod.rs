@@ -6,6 +6,8 @@
 pub mod contribute;
 pub mod ingest;
 mod known;
+mod new_records;
+mod pending_index;
 pub mod record;
 pub mod schema;
 pub mod segment;

@@ -13,6 +13,7 @@ use chrono::Utc;
 
 use super::ingest::{ErrorReport, IngestError};
 use super::known::KnownIds;
+use super::pending_index::PendingIndexes;
 use super::record::RecordId;
 use super::schema::{SchemaError, COL_QUALITY, COL_RECORD_ID};
 use super::segment::{self, SegmentError};
@@ -73,6 +74,12 @@ pub enum DatanetError {
     Store(#[from] StoreError),
     #[error("data directory: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the record index of batch {batch} of Datanet {datanet:?} could not be finished ({message}); restarting the server rebuilds it from the batch's segment")]
+    IndexUnfinished {
+        datanet: String,
+        batch: u64,
+        message: String,
+    },
 }
 
 pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> DatanetError {
@@ -125,9 +132,19 @@ pub struct Datanets {
     /// Where the validator plugins that Datanets attach are found.
     pub(crate) resolver: Option<Arc<dyn ValidatorResolver>>,
     pub(crate) bulk_index_min: usize,
+    /// Large batches' record indexes being finished after their commit.
+    pub(crate) pending: Arc<PendingIndexes>,
     /// Validators' quality column of recently read batches (a batch's segment never changes):
     /// charging a completion looks up the quality of the records it credits.
     qualities: Mutex<HashMap<(String, u64), Qualities>>,
+}
+
+impl Drop for Datanets {
+    /// Indexes still being finished hold the store open; whoever opens the data directory
+    /// next (a restart in the same process, a test) finds them in.
+    fn drop(&mut self) {
+        self.pending.wait_all();
+    }
 }
 
 /// One batch's quality column, row by row.
@@ -234,6 +251,7 @@ impl Datanets {
             validators: ValidatorChain::default(),
             resolver: None,
             bulk_index_min: super::contribute::BULK_INDEX_MIN,
+            pending: Arc::default(),
         };
         let removed = this.collect_orphans()?;
         if removed > 0 {
@@ -345,6 +363,18 @@ impl Datanets {
         Ok(removed)
     }
 
+    /// Waits until Datanet `id`'s record index holds every committed batch: what anything
+    /// reading the index calls first.
+    pub(crate) fn index_ready(&self, id: &str) -> Result<(), DatanetError> {
+        self.pending
+            .wait(id)
+            .map_err(|failure| DatanetError::IndexUnfinished {
+                datanet: id.to_string(),
+                batch: failure.batch,
+                message: failure.message,
+            })
+    }
+
     pub(crate) fn lock(&self, id: &str) -> Arc<Mutex<()>> {
         let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         locks.entry(id.to_string()).or_default().clone()
@@ -354,6 +384,8 @@ impl Datanets {
     /// index. Callers hold the Datanet's lock, so no batch commits between the read and the
     /// filter being kept.
     pub(crate) fn known_ids(&self, id: &str) -> Result<Arc<Mutex<KnownIds>>, DatanetError> {
+        // The filter is complete only once the last batch's index is in.
+        self.index_ready(id)?;
         if let Some(known) = self.known.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
             return Ok(known.clone());
         }
@@ -545,6 +577,7 @@ impl Datanets {
         } else {
             batch.status = BatchStatus::Rejected;
             if let Some(rel) = batch.segment.take() {
+                self.index_ready(id)?;
                 for record in self.segment_record_ids(&rel)? {
                     write.delete(CF_RECORDS, record_key(id, &record));
                 }
@@ -683,6 +716,7 @@ impl Datanets {
     }
 
     fn locate(&self, id: &str, record: &RecordId) -> Result<RecordLocation, DatanetError> {
+        self.index_ready(id)?;
         let bytes = self
             .store
             .get(CF_RECORDS, &record_key(id, record))?

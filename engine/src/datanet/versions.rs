@@ -49,6 +49,7 @@ impl Datanets {
                 Ok(())
             })?;
         let mut ids = Vec::new();
+        self.index_ready(id)?;
         self.store
             .for_each_prefix(CF_RECORDS, prefix.as_bytes(), |key, value| {
                 let Some(location) = RecordLocation::decode(value) else {

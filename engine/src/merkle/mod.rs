@@ -14,8 +14,12 @@
 //! An empty tree, which the library refuses to build, has the zero root here: a Datanet version
 //! with no records commits to nothing.
 
+mod buckets;
+
 use sha3::{Digest, Keccak256};
 use tributary_keccak as keccak;
+
+pub use buckets::LeafBuckets;
 
 /// A 32-byte keccak256 digest.
 pub use tributary_keccak::Hash;
@@ -39,28 +43,24 @@ pub fn leaves_bytes32(values: &[Hash]) -> Vec<Hash> {
 
 /// Appends [`leaf_bytes32`] of every value to `leaves`, hashed where they land.
 pub fn push_leaves_bytes32(values: &[Hash], leaves: &mut Vec<Hash>) {
-    push_keccak(values, true, leaves);
-}
-
-/// Appends `keccak256` of every value (of that again when `twice`) to `out`, hashed where
-/// they land.
-fn push_keccak(values: &[Hash], twice: bool, out: &mut Vec<Hash>) {
-    let start = out.len();
-    out.resize(start + values.len(), [0u8; 32]);
-    keccak::hash_many(&mut out[start..], twice, |i| values[i]);
+    let start = leaves.len();
+    leaves.resize(start + values.len(), [0u8; 32]);
+    keccak::hash_many(&mut leaves[start..], true, |i| values[i]);
 }
 
 /// The first of the two hashes of [`leaf_bytes32`], `keccak256(value)`, of every value: a
 /// pipeline splits the leaf between two threads with it and [`push_leaves_from_first`].
 pub fn first_hashes_bytes32(values: &[Hash]) -> Vec<Hash> {
-    let mut first = Vec::with_capacity(values.len());
-    push_keccak(values, false, &mut first);
+    let mut first = vec![[0u8; 32]; values.len()];
+    keccak::hash_many(&mut first, false, |i| values[i]);
     first
 }
 
 /// Appends the leaves whose first hashes ([`first_hashes_bytes32`]) are `first`.
 pub fn push_leaves_from_first(first: &[Hash], leaves: &mut Vec<Hash>) {
-    push_keccak(first, false, leaves);
+    let start = leaves.len();
+    leaves.resize(start + first.len(), [0u8; 32]);
+    keccak::hash_many(&mut leaves[start..], false, |i| first[i]);
 }
 
 /// The leaf hash of an `(address, uint256)` pair, as payout trees use.
@@ -231,17 +231,25 @@ impl MerkleTree {
     /// Builds the tree over leaf hashes (already hashed with one of the `leaf_*` functions).
     /// Order does not matter: leaves are sorted first, as the reference library does.
     pub fn from_leaves(leaves: Vec<Hash>) -> Self {
-        let n = leaves.len();
+        // The leaves go straight to their sorted places at the end of the array, in reverse.
+        Self::with_leaves_placed(leaves.len(), |region| {
+            scatter_by_hash(&leaves, |_, h| *h, |h| h, region, true)
+        })
+    }
+
+    /// Builds the tree over `n` leaves that `place` writes into their slots, sorted in
+    /// reverse order.
+    fn with_leaves_placed(n: usize, place: impl FnOnce(&mut [Hash])) -> Self {
         if n == 0 {
             return Self {
                 nodes: Vec::new(),
                 leaf_count: 0,
             };
         }
-        let mut nodes = vec![[0u8; 32]; 2 * n - 1];
-        // The leaves go straight to their sorted places at the end of the array, in reverse.
-        scatter_by_hash(&leaves, |_, h| *h, |h| h, &mut nodes[n - 1..], true);
-        drop(leaves);
+        // `vec![[0; 32]; len]` would write every zero itself (std counts only short arrays as
+        // zero); zeroed memory from the allocator comes cleared from the kernel.
+        let mut nodes: Vec<Hash> = bytemuck::zeroed_vec(2 * n - 1);
+        place(&mut nodes[n - 1..]);
         // Inner nodes level by level, deepest first: a level's nodes depend only on the level
         // below, so a large level is split across threads.
         let inner = n - 1;

@@ -35,6 +35,50 @@ fn specials(word: u64) -> u64 {
     control | zero(word ^ (LO * b'"' as u64)) | zero(word ^ (LO * b'\\' as u64))
 }
 
+/// Where in `bytes` the first quote, backslash or control character is (its length if none):
+/// 32 bytes a step where AVX2 is compiled in, then 8, then one.
+fn first_special(bytes: &[u8]) -> usize {
+    let mut i = 0;
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    while let Some(block) = bytes.get(i..i + 32) {
+        let found = specials_avx2(block.try_into().unwrap_or_else(|_| unreachable!()));
+        if found != 0 {
+            return i + found.trailing_zeros() as usize;
+        }
+        i += 32;
+    }
+    while let Some(block) = bytes.get(i..i + 8) {
+        let found = specials(u64::from_le_bytes(
+            block.try_into().unwrap_or_else(|_| unreachable!()),
+        ));
+        if found != 0 {
+            return i + (found.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < bytes.len() && !matches!(bytes[i], b'"' | b'\\' | 0..=0x1f) {
+        i += 1;
+    }
+    i
+}
+
+/// The bytes of `block` that are a quote, a backslash or a control character, one bit each.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+fn specials_avx2(block: &[u8; 32]) -> u32 {
+    use std::arch::x86_64::*;
+    // SAFETY: AVX2 is compiled in (the cfg above), and the block is 32 readable bytes for the
+    // unaligned load.
+    #[allow(unsafe_code)]
+    unsafe {
+        let v = _mm256_loadu_si256(block.as_ptr().cast());
+        let quote = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'"' as i8));
+        let backslash = _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'\\' as i8));
+        // Unsigned `v <= 0x1f`: the minimum of the two is `v` itself.
+        let control = _mm256_cmpeq_epi8(_mm256_min_epu8(v, _mm256_set1_epi8(0x1f)), v);
+        _mm256_movemask_epi8(_mm256_or_si256(_mm256_or_si256(quote, backslash), control)) as u32
+    }
+}
+
 impl<'a> Cursor<'a> {
     fn bytes(&self) -> &'a [u8] {
         self.text.as_bytes()
@@ -71,23 +115,9 @@ impl<'a> Cursor<'a> {
     /// A string without escapes or control characters, borrowed from the line.
     fn string(&mut self) -> Flat<&'a str> {
         self.eat(b'"')?;
-        let bytes = self.bytes();
         let start = self.pos;
-        let mut i = start;
-        while i + 8 <= bytes.len() {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(&bytes[i..i + 8]);
-            let found = specials(u64::from_le_bytes(word));
-            if found != 0 {
-                i += (found.trailing_zeros() / 8) as usize;
-                return self.close_string(start, i);
-            }
-            i += 8;
-        }
-        while i < bytes.len() && !matches!(bytes[i], b'"' | b'\\' | 0..=0x1f) {
-            i += 1;
-        }
-        self.close_string(start, i)
+        let end = start + first_special(&self.bytes()[start..]);
+        self.close_string(start, end)
     }
 
     fn close_string(&mut self, start: usize, end: usize) -> Flat<&'a str> {
@@ -242,5 +272,24 @@ mod tests {
         }
         // Neither spaces, nor UTF-8 continuation bytes, nor DEL are special.
         assert_eq!(specials(u64::from_le_bytes(*b" \x7f\xc3\xa9\xff ~!")), 0);
+    }
+
+    #[test]
+    fn the_first_special_byte_is_found_at_every_position_of_a_long_string() {
+        for len in [0usize, 1, 7, 8, 31, 32, 33, 64, 100] {
+            let plain: Vec<u8> = (0..len).map(|i| b"ab \x7f\xc3\xa9~!"[i % 8]).collect();
+            assert_eq!(first_special(&plain), len, "none in {len}");
+            for special in [b'"', b'\\', 0x00, 0x1f] {
+                for at in 0..len {
+                    let mut bytes = plain.clone();
+                    bytes[at] = special;
+                    // A later special byte does not move the first.
+                    if at + 3 < len {
+                        bytes[at + 3] = b'"';
+                    }
+                    assert_eq!(first_special(&bytes), at, "{special:#x} at {at} of {len}");
+                }
+            }
+        }
     }
 }

@@ -1,0 +1,177 @@
+//! Record indexes finished after their batch is acknowledged.
+//!
+//! A large batch's commit carries a pending-index marker instead of its index entries. The
+//! entries are then sorted, written as SST files and ingested on a thread of their own, so the
+//! contributor's acknowledgement waits for the segment and the commit, not for an index that
+//! can always be rebuilt from the segment. Whatever reads a Datanet's record index first
+//! waits here until that Datanet has no index in flight, so nobody sees a committed batch
+//! without its entries. A crash in between leaves the marker, and start-up finishes the
+//! index from the segment.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+/// The indexes in flight, per Datanet.
+#[derive(Default)]
+pub(crate) struct PendingIndexes {
+    state: Mutex<HashMap<String, Pending>>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Pending {
+    running: usize,
+    /// Why an index could not be finished: the marker stays, and until a restart rebuilds it
+    /// the Datanet's index answers with this rather than with missing records.
+    failed: Option<IndexFailure>,
+}
+
+/// An index that could not be finished after its batch's commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexFailure {
+    pub batch: u64,
+    pub message: String,
+}
+
+/// One index in flight. It ends with [`PendingIndex::done`] or [`PendingIndex::fail`]; one
+/// dropped otherwise (its thread panicked or never started) counts as failed, so readers never
+/// go on as if a missing index were complete.
+pub(crate) struct PendingIndex {
+    owner: Arc<PendingIndexes>,
+    datanet: String,
+    batch: u64,
+    ended: bool,
+}
+
+impl PendingIndexes {
+    fn state(&self) -> MutexGuard<'_, HashMap<String, Pending>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks the index of `batch` of `datanet` as in flight until the returned handle ends.
+    pub(crate) fn begin(self: &Arc<Self>, datanet: &str, batch: u64) -> PendingIndex {
+        self.state().entry(datanet.to_string()).or_default().running += 1;
+        PendingIndex {
+            owner: self.clone(),
+            datanet: datanet.to_string(),
+            batch,
+            ended: false,
+        }
+    }
+
+    /// Waits until `datanet` has no index in flight; an error if one of them failed.
+    pub(crate) fn wait(&self, datanet: &str) -> Result<(), IndexFailure> {
+        let mut state = self.state();
+        loop {
+            match state.get(datanet) {
+                None => return Ok(()),
+                Some(Pending {
+                    failed: Some(failure),
+                    ..
+                }) => return Err(failure.clone()),
+                Some(p) if p.running == 0 => return Ok(()),
+                Some(_) => {}
+            }
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Waits until no Datanet has an index in flight.
+    pub(crate) fn wait_all(&self) {
+        let mut state = self.state();
+        while state.values().any(|p| p.running > 0) {
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl PendingIndex {
+    /// The index is in.
+    pub(crate) fn done(mut self) {
+        self.ended = true;
+    }
+
+    /// The index could not be finished, for `message`.
+    pub(crate) fn fail(mut self, message: String) {
+        self.record_failure(message);
+        self.ended = true;
+    }
+
+    fn record_failure(&self, message: String) {
+        let mut state = self.owner.state();
+        let pending = state.entry(self.datanet.clone()).or_default();
+        pending.failed.get_or_insert(IndexFailure {
+            batch: self.batch,
+            message,
+        });
+    }
+}
+
+impl Drop for PendingIndex {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.record_failure("its thread stopped before finishing it".into());
+        }
+        let mut state = self.owner.state();
+        if let Some(pending) = state.get_mut(&self.datanet) {
+            pending.running -= 1;
+            if pending.running == 0 && pending.failed.is_none() {
+                state.remove(&self.datanet);
+            }
+        }
+        drop(state);
+        self.owner.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn readers_wait_for_the_index_in_flight_and_only_for_their_datanet() {
+        let pending = Arc::new(PendingIndexes::default());
+        let handle = pending.begin("a", 1);
+        assert_eq!(pending.wait("b"), Ok(()), "another Datanet does not wait");
+        let waiter = {
+            let pending = pending.clone();
+            std::thread::spawn(move || {
+                let start = std::time::Instant::now();
+                pending.wait("a").map(|()| start.elapsed())
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        handle.done();
+        let waited = waiter.join().expect("waiter").expect("no failure");
+        assert!(waited >= Duration::from_millis(40), "waited {waited:?}");
+        assert!(pending.state().is_empty());
+    }
+
+    #[test]
+    fn a_failed_index_is_reported_to_every_later_reader() {
+        let pending = Arc::new(PendingIndexes::default());
+        pending.begin("a", 7).fail("disk full".into());
+        let failure = IndexFailure {
+            batch: 7,
+            message: "disk full".into(),
+        };
+        assert_eq!(pending.wait("a"), Err(failure.clone()));
+        assert_eq!(pending.wait("a"), Err(failure));
+        pending.wait_all();
+    }
+
+    #[test]
+    fn an_index_abandoned_without_an_end_counts_as_failed() {
+        let pending = Arc::new(PendingIndexes::default());
+        let handle = pending.begin("a", 3);
+        let _ = std::thread::spawn(move || {
+            let _handle = handle;
+            panic!("index thread panics");
+        })
+        .join();
+        let failure = pending.wait("a").expect_err("abandoned");
+        assert_eq!(failure.batch, 3);
+        assert!(failure.message.contains("stopped"), "{}", failure.message);
+    }
+}
