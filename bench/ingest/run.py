@@ -37,6 +37,13 @@ SPEC = {
 }
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds of every thread of process `pid` so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -70,10 +77,11 @@ class Server:
 
 def on_fresh_server(upload, n):
     """Runs `upload(server)` against a new server over an empty data directory and returns
-    (seconds, server peak RSS MB)."""
+    (seconds, server peak RSS MB, server CPU seconds)."""
     tmp = tempfile.mkdtemp(prefix="tributary-bench-")
     try:
         server = Server(tmp)
+        cpu_before = cpu_seconds(server.proc.pid)
         seconds, batch = upload(server)
         assert batch["accepted"] == n, batch
         # A large batch's record index is finished after the acknowledgement; the peak counts
@@ -83,8 +91,9 @@ def on_fresh_server(upload, n):
                                  check=True, capture_output=True, text=True).stdout
         assert missing == "404", missing
         peak = peak_rss_mb(server.proc.pid)
+        cpu = cpu_seconds(server.proc.pid) - cpu_before
         server.stop()
-        return seconds, peak
+        return seconds, peak, cpu
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -130,7 +139,7 @@ def run_pyarrow(python, data):
         out = subprocess.run([python, os.path.join(ROOT, "bench", "ingest", "pyarrow_ingest.py"), data,
                               os.path.join(tmp, "out.parquet")], check=True, capture_output=True, text=True)
         result = json.loads(out.stdout)
-        return result["seconds"], result["peak_mb"], result["threads"]
+        return result["seconds"], result["peak_mb"], result["cpu"], result["threads"]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -151,7 +160,7 @@ def main():
                         str(args.records)], check=True)
     size_mb = os.path.getsize(data) / 1e6
     if args.perf:
-        seconds, peak = on_fresh_server(post_presigned(data, args.perf), args.records)
+        seconds, peak, _ = on_fresh_server(post_presigned(data, args.perf), args.records)
         print(f"server {seconds:.2f}s, peak {peak:.0f} MB; profile in {args.perf}")
         return
     e2e, server, py = [], [], []
@@ -160,20 +169,22 @@ def main():
         server.append(on_fresh_server(post_presigned(data), args.records))
         py.append(run_pyarrow(args.python, data))
         print(f"run {run + 1}: contribute {e2e[-1][0]:.2f}s, server {server[-1][0]:.2f}s "
-              f"(peak {server[-1][1]:.0f} MB), pyarrow {py[-1][0]:.2f}s (peak {py[-1][1]:.0f} MB)",
-              file=sys.stderr)
+              f"(peak {server[-1][1]:.0f} MB, {server[-1][2]:.2f} CPU-s), pyarrow {py[-1][0]:.2f}s "
+              f"(peak {py[-1][1]:.0f} MB, {py[-1][2]:.2f} CPU-s)", file=sys.stderr)
     n = args.records
     med = lambda xs, i: statistics.median(x[i] for x in xs)
     py_rate = n / med(py, 0)
     print(f"{n:,} records, {size_mb:.0f} MB of JSONL, {args.runs} runs, medians; "
-          f"pyarrow used {py[0][2]} threads\n")
-    print("| measurement | records/s | seconds | peak RSS MB | ratio to pyarrow (records/s, higher is better) |")
-    print("|---|---|---|---|---|")
+          f"pyarrow used {py[0][3]} threads; CPU-s is the server's (the CLI's own pass over the "
+          f"file not counted) or pyarrow's\n")
+    print("| measurement | records/s | seconds | peak RSS MB | CPU-s | ratio to pyarrow (records/s, higher is better) |")
+    print("|---|---|---|---|---|---|")
     for name, xs in [("tributary contribute (sign + upload + ingest)", e2e),
                      ("tributary server ingest (pre-signed upload)", server),
                      ("pyarrow read_json + write_table", py)]:
         rate = n / med(xs, 0)
-        print(f"| {name} | {rate:,.0f} | {med(xs, 0):.2f} | {med(xs, 1):.0f} | {rate / py_rate:.2f} |")
+        print(f"| {name} | {rate:,.0f} | {med(xs, 0):.2f} | {med(xs, 1):.0f} | {med(xs, 2):.2f} "
+              f"| {rate / py_rate:.2f} |")
 
 
 if __name__ == "__main__":
