@@ -59,13 +59,14 @@ fn in_lanes<const N: usize>(
     messages.len() / N * N
 }
 
-/// BLAKE3's seven rounds of a compression over the sixteen state vectors `v` (anything that
-/// converts into an array of them) with the message words `m`, through a lane kind's `g`;
-/// gives the final state.
+/// BLAKE3's seven rounds of a compression over the state whose first eight vectors are the
+/// chaining value `h` and last eight `tail`, with the message words `m`, through a lane
+/// kind's `g`; gives the final state.
 #[cfg(target_arch = "x86_64")]
 macro_rules! rounds {
-    ($g:ident, $v:expr, $m:ident) => {{
-        let mut v: [_; 16] = $v.try_into().unwrap_or_else(|_| unreachable!());
+    ($g:ident, $h:expr, $tail:expr, $m:ident) => {{
+        let (h, tail) = ($h, $tail);
+        let mut v: [_; 16] = std::array::from_fn(|i| if i < 8 { h[i] } else { tail[i - 8] });
         for s in &SCHEDULE {
             $g(&mut v, [0, 4, 8, 12], $m[s[0]], $m[s[1]]);
             $g(&mut v, [1, 5, 9, 13], $m[s[2]], $m[s[3]]);
@@ -262,20 +263,17 @@ mod x16 {
             let iv = IV.map(|w| _mm512_set1_epi32(w as i32));
             let zero = _mm512_setzero_si512();
             // Every message is chunk 0 of its own input: the counter is zero.
-            let state = [
-                h,
-                [
-                    iv[0],
-                    iv[1],
-                    iv[2],
-                    iv[3],
-                    zero,
-                    zero,
-                    as_vector(block_len),
-                    as_vector(flags),
-                ],
+            let tail = [
+                iv[0],
+                iv[1],
+                iv[2],
+                iv[3],
+                zero,
+                zero,
+                as_vector(block_len),
+                as_vector(flags),
             ];
-            let v = rounds!(g, state.concat(), m);
+            let v = rounds!(g, h, tail, m);
             // Lanes whose message has ended keep their chaining value (the final hash).
             let active = _mm512_cmpgt_epi32_mask(blocks_vec, _mm512_set1_epi32(step as i32));
             for (i, word) in h.iter_mut().enumerate() {
@@ -440,20 +438,17 @@ mod x8 {
             let iv = IV.map(|w| _mm256_set1_epi32(w as i32));
             let zero = _mm256_setzero_si256();
             // Every message is chunk 0 of its own input: the counter is zero.
-            let state = [
-                h,
-                [
-                    iv[0],
-                    iv[1],
-                    iv[2],
-                    iv[3],
-                    zero,
-                    zero,
-                    as_i32(block_len),
-                    as_i32(flags),
-                ],
+            let tail = [
+                iv[0],
+                iv[1],
+                iv[2],
+                iv[3],
+                zero,
+                zero,
+                as_i32(block_len),
+                as_i32(flags),
             ];
-            let v = rounds!(g, state.concat(), m);
+            let v = rounds!(g, h, tail, m);
             // Lanes whose message has ended keep their chaining value (the final hash).
             let active = _mm256_cmpgt_epi32(blocks_vec, _mm256_set1_epi32(step as i32));
             for (i, word) in h.iter_mut().enumerate() {

@@ -110,7 +110,28 @@ struct FinishIndex {
 
 impl FinishIndex {
     fn run(self, rows: Vec<RecordId>, pending: PendingIndex) {
+        let (datanet, batch) = (self.datanet.clone(), self.batch);
         let start = std::time::Instant::now();
+        // `build` drops what it holds of the store before readers are let go, so that once
+        // none waits, a `Datanets` being dropped leaves the data directory free to reopen.
+        match self.build(rows) {
+            Ok(()) => {
+                tracing::debug!(
+                    datanet,
+                    batch,
+                    index_ms = start.elapsed().as_millis() as u64,
+                    "record index finished"
+                );
+                pending.done();
+            }
+            Err(e) => {
+                tracing::error!(datanet, batch, error = %e, "the record index could not be finished; the next reader rebuilds it from the segment");
+                pending.fail(e.to_string());
+            }
+        }
+    }
+
+    fn build(self, rows: Vec<RecordId>) -> Result<(), DatanetError> {
         {
             // The next contribution's lookups trust the filter; it waits for us first.
             let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
@@ -133,21 +154,7 @@ impl FinishIndex {
             |(r, row)| (*r, location(*row)),
         );
         let entries = sorted.iter().map(|(r, row)| (*r, location(*row)));
-        match load_index(&self.store, &self.datanet, self.batch, entries, file) {
-            Ok(()) => {
-                tracing::debug!(
-                    datanet = self.datanet,
-                    batch = self.batch,
-                    index_ms = start.elapsed().as_millis() as u64,
-                    "record index finished"
-                );
-                pending.done();
-            }
-            Err(e) => {
-                tracing::error!(datanet = self.datanet, batch = self.batch, error = %e, "the record index could not be finished; a restart rebuilds it");
-                pending.fail(e.to_string());
-            }
-        }
+        load_index(&self.store, &self.datanet, self.batch, entries, file)
     }
 }
 
@@ -585,26 +592,38 @@ impl Datanets {
                 tracing::warn!(marker = %entry.escape_debug(), "ignoring a malformed pending-index marker");
                 continue;
             };
-            let batch = self.batch(id, batch_id)?;
-            let ids = match &batch.segment {
-                Some(rel) => self.segment_record_ids(rel)?,
-                None => Vec::new(),
-            };
-            let location = |row: usize| RecordLocation {
-                batch: batch_id,
-                row: row as u32,
-                contributor: batch.contributor,
-            };
-            let mut entries: Vec<(RecordId, RecordLocation)> = ids
-                .into_iter()
-                .enumerate()
-                .map(|(row, record)| (record, location(row)))
-                .collect();
-            merkle::sort_by_hash(&mut entries, |entry| &entry.0);
-            let file = write_index_files(&self.store, &self.dirs.tmp, id, &entries, |e| *e);
-            load_index(&self.store, id, batch_id, entries.iter().copied(), file)?;
+            self.index_from_segment(id, batch_id)?;
         }
         Ok(pending.len())
+    }
+
+    /// Writes the record index of batch `batch_id` of Datanet `id` from its segment and clears
+    /// its pending marker; returns the batch's record ids. Entries already there are written
+    /// again with the same values, so this may follow a partial attempt.
+    pub(crate) fn index_from_segment(
+        &self,
+        id: &str,
+        batch_id: u64,
+    ) -> Result<Vec<RecordId>, DatanetError> {
+        let batch = self.batch(id, batch_id)?;
+        let ids = match &batch.segment {
+            Some(rel) => self.segment_record_ids(rel)?,
+            None => Vec::new(),
+        };
+        let location = |row: usize| RecordLocation {
+            batch: batch_id,
+            row: row as u32,
+            contributor: batch.contributor,
+        };
+        let mut entries: Vec<(RecordId, RecordLocation)> = ids
+            .iter()
+            .enumerate()
+            .map(|(row, record)| (*record, location(row)))
+            .collect();
+        merkle::sort_by_hash(&mut entries, |entry| &entry.0);
+        let file = write_index_files(&self.store, &self.dirs.tmp, id, &entries, |e| *e);
+        load_index(&self.store, id, batch_id, entries.iter().copied(), file)?;
+        Ok(ids)
     }
 
     /// For each of `ids`, the batch of Datanet `id` that stored it, if one has. Only the ids
@@ -954,6 +973,45 @@ mod tests {
         assert!(second.duplicate_examples.iter().all(|d| d.first_batch == 1));
         let version = datanets.publish("notes").expect("publish");
         assert_eq!(version.records, 2500);
+    }
+
+    /// An index that failed after the acknowledgement is rebuilt from the segment by the
+    /// next reader, without a restart.
+    #[test]
+    fn a_failed_index_is_rebuilt_by_the_next_reader() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let datanets = Datanets::open(dir.path())
+            .expect("open")
+            .with_bulk_index_min(1);
+        datanets
+            .create(serde_json::from_str(SPEC).expect("spec"), "carol")
+            .expect("create");
+        let rows = "{\"text\": \"a\"}\n{\"text\": \"b\"}\n{\"text\": \"c\"}\n";
+        let (_, ids) = contribute_jsonl(&datanets, &Key::generate(), rows.as_bytes());
+        datanets.index_ready("notes").expect("index finished");
+        // The state a failed index thread leaves: the marker, no entries, the failure noted.
+        let mut failed = datanets.store.batch();
+        failed.put(CF_META, pending_index_key("notes", 1), b"");
+        for id in &ids {
+            failed.delete(CF_RECORDS, record_key("notes", id));
+        }
+        failed.commit().expect("commit");
+        datanets.pending.begin("notes", 1).fail("disk full".into());
+        for (row, id) in ids.iter().enumerate() {
+            let info = datanets
+                .record("notes", &record_id_hex(id))
+                .expect("rebuilt from the segment");
+            assert_eq!((info.batch, info.row as usize), (1, row));
+        }
+        let mut markers = 0;
+        datanets
+            .store
+            .for_each_prefix(CF_META, PENDING_INDEX_PREFIX.as_bytes(), |_, _| {
+                markers += 1;
+                Ok(())
+            })
+            .expect("scan");
+        assert_eq!(markers, 0);
     }
 
     #[test]

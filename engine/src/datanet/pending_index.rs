@@ -6,7 +6,8 @@
 //! can always be rebuilt from the segment. Whatever reads a Datanet's record index first
 //! waits here until that Datanet has no index in flight, so nobody sees a committed batch
 //! without its entries. A crash in between leaves the marker, and start-up finishes the
-//! index from the segment.
+//! index from the segment; an index that failed while the server runs is rebuilt the same
+//! way by the next reader that finds it failed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -16,13 +17,15 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 pub(crate) struct PendingIndexes {
     state: Mutex<HashMap<String, Pending>>,
     changed: Condvar,
+    /// Held while a failed index is rebuilt, so that one reader rebuilds it.
+    rebuilding: Mutex<()>,
 }
 
 #[derive(Default)]
 struct Pending {
     running: usize,
-    /// Why an index could not be finished: the marker stays, and until a restart rebuilds it
-    /// the Datanet's index answers with this rather than with missing records.
+    /// Why an index could not be finished: the marker stays, and until it is rebuilt the
+    /// Datanet's index answers with this rather than with missing records.
     failed: Option<IndexFailure>,
 }
 
@@ -76,6 +79,31 @@ impl PendingIndexes {
         }
     }
 
+    /// Rebuilds a failed index of `datanet` with `rebuild` (given the failed batch), one caller
+    /// at a time, and clears the failure once it succeeds; then waits as [`Self::wait`] does.
+    pub(crate) fn recover<E>(
+        &self,
+        datanet: &str,
+        rebuild: impl FnOnce(u64) -> Result<(), E>,
+    ) -> Result<Result<(), IndexFailure>, E> {
+        let _one = self.rebuilding.lock().unwrap_or_else(|p| p.into_inner());
+        // Another caller may have rebuilt it while this one waited for the lock.
+        let Err(failure) = self.wait(datanet) else {
+            return Ok(Ok(()));
+        };
+        rebuild(failure.batch)?;
+        let mut state = self.state();
+        if let Some(pending) = state.get_mut(datanet) {
+            pending.failed = None;
+            if pending.running == 0 {
+                state.remove(datanet);
+            }
+        }
+        drop(state);
+        self.changed.notify_all();
+        Ok(self.wait(datanet))
+    }
+
     /// Waits until no Datanet has an index in flight.
     pub(crate) fn wait_all(&self) {
         let mut state = self.state();
@@ -127,6 +155,7 @@ impl Drop for PendingIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
 
     #[test]
@@ -134,17 +163,21 @@ mod tests {
         let pending = Arc::new(PendingIndexes::default());
         let handle = pending.begin("a", 1);
         assert_eq!(pending.wait("b"), Ok(()), "another Datanet does not wait");
+        let released = Arc::new(AtomicBool::new(false));
         let waiter = {
-            let pending = pending.clone();
+            let (pending, released) = (pending.clone(), released.clone());
             std::thread::spawn(move || {
-                let start = std::time::Instant::now();
-                pending.wait("a").map(|()| start.elapsed())
+                let outcome = pending.wait("a");
+                // The index must have ended before the wait did.
+                (outcome, released.load(Ordering::SeqCst))
             })
         };
         std::thread::sleep(Duration::from_millis(50));
+        released.store(true, Ordering::SeqCst);
         handle.done();
-        let waited = waiter.join().expect("waiter").expect("no failure");
-        assert!(waited >= Duration::from_millis(40), "waited {waited:?}");
+        let (outcome, after_release) = waiter.join().expect("waiter");
+        assert_eq!(outcome, Ok(()));
+        assert!(after_release, "the wait ended before the index did");
         assert!(pending.state().is_empty());
     }
 
@@ -159,6 +192,14 @@ mod tests {
         assert_eq!(pending.wait("a"), Err(failure.clone()));
         assert_eq!(pending.wait("a"), Err(failure));
         pending.wait_all();
+        // A rebuild that fails leaves the failure; one that succeeds clears it.
+        let rebuilt = pending.recover("a", |batch| Err::<(), _>(batch));
+        assert_eq!(rebuilt, Err(7));
+        assert!(pending.wait("a").is_err());
+        let rebuilt = pending.recover("a", |_| Ok::<_, ()>(()));
+        assert_eq!(rebuilt, Ok(Ok(())));
+        assert_eq!(pending.wait("a"), Ok(()));
+        assert!(pending.state().is_empty());
     }
 
     #[test]

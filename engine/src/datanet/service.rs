@@ -74,7 +74,7 @@ pub enum DatanetError {
     Store(#[from] StoreError),
     #[error("data directory: {0}")]
     Io(#[from] std::io::Error),
-    #[error("the record index of batch {batch} of Datanet {datanet:?} could not be finished ({message}); restarting the server rebuilds it from the batch's segment")]
+    #[error("the record index of batch {batch} of Datanet {datanet:?} could not be finished ({message}); the next request that reads it tries again from the batch's segment")]
     IndexUnfinished {
         datanet: String,
         batch: u64,
@@ -364,15 +364,44 @@ impl Datanets {
     }
 
     /// Waits until Datanet `id`'s record index holds every committed batch: what anything
-    /// reading the index calls first.
+    /// reading the index calls first. An index that failed after its batch's commit is rebuilt
+    /// here from the batch's segment, as a restart would.
     pub(crate) fn index_ready(&self, id: &str) -> Result<(), DatanetError> {
-        self.pending
-            .wait(id)
-            .map_err(|failure| DatanetError::IndexUnfinished {
+        let Err(failure) = self.pending.wait(id) else {
+            return Ok(());
+        };
+        tracing::warn!(
+            datanet = id,
+            batch = failure.batch,
+            "rebuilding a record index that failed"
+        );
+        let unfinished =
+            |failure: super::pending_index::IndexFailure| DatanetError::IndexUnfinished {
                 datanet: id.to_string(),
                 batch: failure.batch,
                 message: failure.message,
-            })
+            };
+        let rebuilt = self.pending.recover(id, |batch| {
+            let ids = self.index_from_segment(id, batch)?;
+            // The filter may have missed them if the index's thread never ran.
+            if let Some(known) = self.known.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+                let mut known = known.lock().unwrap_or_else(|p| p.into_inner());
+                for record in &ids {
+                    known.insert(record);
+                }
+            }
+            Ok::<_, DatanetError>(())
+        });
+        match rebuilt {
+            Ok(outcome) => outcome.map_err(unfinished),
+            Err(e) => Err(unfinished(super::pending_index::IndexFailure {
+                batch: failure.batch,
+                message: format!(
+                    "{}; rebuilding it from the segment failed too: {e}",
+                    failure.message
+                ),
+            })),
+        }
     }
 
     pub(crate) fn lock(&self, id: &str) -> Arc<Mutex<()>> {
@@ -635,6 +664,7 @@ impl Datanets {
 
     pub fn record(&self, id: &str, record: &str) -> Result<RecordInfo, DatanetError> {
         let record_id = parse_record_id(record, "record_id")?;
+        self.index_ready(id)?;
         let location = self.locate(id, &record_id)?;
         let batch = self.batch(id, location.batch)?;
         let withdrawn = self
@@ -658,6 +688,7 @@ impl Datanets {
     pub fn record_qualities(&self, id: &str, records: &[&str]) -> Result<Vec<f64>, DatanetError> {
         let mut out = vec![1.0; records.len()];
         let mut by_batch: HashMap<u64, Vec<(usize, u32)>> = HashMap::new();
+        self.index_ready(id)?;
         for (i, hex) in records.iter().enumerate() {
             let Ok(record) = parse_record_id(hex, "record_id") else {
                 continue;
@@ -715,8 +746,8 @@ impl Datanets {
         Ok(Some(quality))
     }
 
+    /// Where `record` is; callers have waited for [`Self::index_ready`].
     fn locate(&self, id: &str, record: &RecordId) -> Result<RecordLocation, DatanetError> {
-        self.index_ready(id)?;
         let bytes = self
             .store
             .get(CF_RECORDS, &record_key(id, record))?
@@ -767,6 +798,7 @@ impl Datanets {
         let lock = self.lock(id);
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
         self.get(id)?;
+        self.index_ready(id)?;
         let mut write = self.store.batch();
         let mut withdrawn = Vec::new();
         let mut already = Vec::new();

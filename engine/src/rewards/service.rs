@@ -12,6 +12,7 @@ use super::terms::ModelTerms;
 use super::RewardsError;
 use crate::attribution::record::AttributionRecord;
 use crate::attribution::service::Attributions;
+use crate::datanet::service::DatanetError;
 use crate::datanet::service::Datanets;
 use crate::identity::Address;
 use crate::plugin::reward::{self, Distribution, Entry, Penalty};
@@ -523,10 +524,15 @@ impl Rewards {
         by: Option<String>,
     ) -> Result<Flag, RewardsError> {
         let weight = request.weight()?;
-        let info = self
-            .datanets
-            .record(datanet, record)
-            .map_err(|e| RewardsError::NotFound(e.to_string()))?;
+        let info = self.datanets.record(datanet, record).map_err(|e| match e {
+            DatanetError::RecordNotFound { .. } | DatanetError::NotFound(_) => {
+                RewardsError::NotFound(e.to_string())
+            }
+            DatanetError::InvalidField { message, .. } => {
+                RewardsError::invalid("record_id", message)
+            }
+            other => RewardsError::Io(other.to_string()),
+        })?;
         let flag = Flag {
             datanet: datanet.to_string(),
             record_id: info.record_id.clone(),
