@@ -833,6 +833,36 @@ mod tests {
     const SPEC: &str = r#"{"id": "notes", "name": "Notes", "license": "CC0-1.0", "review": "auto",
       "schema": {"fields": [{"name": "text", "type": "string", "required": true}], "text_field": "text"}}"#;
 
+    /// Puts the store in the state a crash (or a failed index thread) right after batch 1's
+    /// commit leaves: the pending-index marker set and none of `ids`' index entries.
+    fn unindex_batch_one(datanets: &Datanets, ids: &[RecordId]) {
+        let mut write = datanets.store.batch();
+        write.put(CF_META, pending_index_key("notes", 1), b"");
+        for id in ids {
+            write.delete(CF_RECORDS, record_key("notes", id));
+        }
+        write.commit().expect("commit");
+    }
+
+    /// Checks that each of `ids` is found at its row of batch 1 and that no index is pending.
+    fn assert_batch_one_indexed(datanets: &Datanets, ids: &[RecordId]) {
+        for (row, id) in ids.iter().enumerate() {
+            let info = datanets
+                .record("notes", &record_id_hex(id))
+                .expect("the record is indexed");
+            assert_eq!((info.batch, info.row as usize), (1, row));
+        }
+        let mut markers = 0;
+        datanets
+            .store
+            .for_each_prefix(CF_META, PENDING_INDEX_PREFIX.as_bytes(), |_, _| {
+                markers += 1;
+                Ok(())
+            })
+            .expect("scan");
+        assert_eq!(markers, 0);
+    }
+
     /// Signs `body` (JSONL) with `key` as the CLI does and contributes it to "notes".
     fn contribute_jsonl(datanets: &Datanets, key: &Key, body: &[u8]) -> (Batch, Vec<RecordId>) {
         let datanet = datanets.get("notes").expect("get");
@@ -990,35 +1020,16 @@ mod tests {
         let (_, ids) = contribute_jsonl(&datanets, &Key::generate(), rows.as_bytes());
         datanets.index_ready("notes").expect("index finished");
         // The state a failed index thread leaves: the marker, no entries, the failure noted.
-        let mut failed = datanets.store.batch();
-        failed.put(CF_META, pending_index_key("notes", 1), b"");
-        for id in &ids {
-            failed.delete(CF_RECORDS, record_key("notes", id));
-        }
-        failed.commit().expect("commit");
+        unindex_batch_one(&datanets, &ids);
         datanets.pending.begin("notes", 1).fail("disk full".into());
-        for (row, id) in ids.iter().enumerate() {
-            let info = datanets
-                .record("notes", &record_id_hex(id))
-                .expect("rebuilt from the segment");
-            assert_eq!((info.batch, info.row as usize), (1, row));
-        }
-        let mut markers = 0;
-        datanets
-            .store
-            .for_each_prefix(CF_META, PENDING_INDEX_PREFIX.as_bytes(), |_, _| {
-                markers += 1;
-                Ok(())
-            })
-            .expect("scan");
-        assert_eq!(markers, 0);
+        assert_batch_one_indexed(&datanets, &ids);
     }
 
     #[test]
     fn a_crash_between_commit_and_bulk_index_load_is_finished_at_start() {
         let dir = tempfile::tempdir().expect("tempdir");
         let rows = "{\"text\": \"a\"}\n{\"text\": \"b\"}\n{\"text\": \"c\"}\n";
-        let ids: Vec<String> = {
+        let ids: Vec<RecordId> = {
             let datanets = Datanets::open(dir.path())
                 .expect("open")
                 .with_bulk_index_min(1);
@@ -1027,36 +1038,14 @@ mod tests {
                 .expect("create");
             let (_, ids) = contribute_jsonl(&datanets, &Key::generate(), rows.as_bytes());
             datanets.index_ready("notes").expect("index finished");
-            // Put the store back in the state a crash right after the batch's commit leaves:
-            // the marker set and no index entries.
-            let mut crash = datanets.store.batch();
-            crash.put(CF_META, pending_index_key("notes", 1), b"");
-            for id in &ids {
-                crash.delete(CF_RECORDS, record_key("notes", id));
-            }
-            crash.commit().expect("commit");
-            let ids: Vec<String> = ids.iter().map(record_id_hex).collect();
+            unindex_batch_one(&datanets, &ids);
             assert!(
-                datanets.record("notes", &ids[0]).is_err(),
+                datanets.record("notes", &record_id_hex(&ids[0])).is_err(),
                 "index entries removed"
             );
             ids
         };
         let reopened = Datanets::open(dir.path()).expect("reopen");
-        for (row, id) in ids.iter().enumerate() {
-            let info = reopened
-                .record("notes", id)
-                .expect("the index was finished at start");
-            assert_eq!((info.batch, info.row as usize), (1, row));
-        }
-        let mut markers = 0;
-        reopened
-            .store
-            .for_each_prefix(CF_META, PENDING_INDEX_PREFIX.as_bytes(), |_, _| {
-                markers += 1;
-                Ok(())
-            })
-            .expect("scan");
-        assert_eq!(markers, 0);
+        assert_batch_one_indexed(&reopened, &ids);
     }
 }
