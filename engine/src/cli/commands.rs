@@ -295,12 +295,21 @@ fn contribute(client: &Client, args: ContributeArgs) -> Result<()> {
     let length = open(&args.file)?.metadata()?.len();
 
     let hashing = bytes_bar(length, "hashing");
-    let input = if format.needs_seek() {
-        Input::File(open(&args.file)?)
+    let commitment = if format == InputFormat::Jsonl {
+        // Lines are independent: the file is read in parts on every core.
+        let parts = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let bar = hashing.clone();
+        let progress = std::sync::Arc::new(move |n| bar.inc(n));
+        Datanets::commitment_of_jsonl_file(&datanet, &args.file, parts, progress)
+            .with_context(|| format!("reading {}", args.file.display()))?
     } else {
-        Input::Stream(Box::new(hashing.wrap_read(open(&args.file)?)))
+        let input = if format.needs_seek() {
+            Input::File(open(&args.file)?)
+        } else {
+            Input::Stream(Box::new(hashing.wrap_read(open(&args.file)?)))
+        };
+        Datanets::commitment(&datanet, format, input)?
     };
-    let commitment = Datanets::commitment(&datanet, format, input)?;
     hashing.finish_and_clear();
     if !commitment.errors.is_empty() {
         let listed: Vec<String> = commitment

@@ -4,6 +4,7 @@
 //! The data types come first here; [`service::Datanets`] holds the operations over them.
 
 pub mod contribute;
+pub mod file_commitment;
 pub mod ingest;
 mod known;
 mod new_records;
