@@ -71,47 +71,45 @@ fn commitment_in_parts(
     min_part_bytes: u64,
     progress: Progress,
 ) -> Result<BatchCommitment, DatanetError> {
-    {
-        let length = std::fs::metadata(path)?.len();
-        let parts = (length / min_part_bytes.max(1)).clamp(1, parts.max(1) as u64) as usize;
-        let bounds = split_at_lines(path, length, parts)?;
-        let outcomes: Vec<Result<Part, DatanetError>> = std::thread::scope(|scope| {
-            let workers: Vec<_> = bounds
-                .windows(2)
-                .map(|range| {
-                    let (start, end, progress) = (range[0], range[1], progress.clone());
-                    scope.spawn(move || read_part(datanet, path, start, end, progress))
+    let length = std::fs::metadata(path)?.len();
+    let parts = (length / min_part_bytes.max(1)).clamp(1, parts.max(1) as u64) as usize;
+    let bounds = split_at_lines(path, length, parts)?;
+    let outcomes: Vec<Result<Part, DatanetError>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = bounds
+            .windows(2)
+            .map(|range| {
+                let (start, end, progress) = (range[0], range[1], progress.clone());
+                scope.spawn(move || read_part(datanet, path, start, end, progress))
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join().unwrap_or_else(|_| {
+                    Err(DatanetError::Io(std::io::Error::other(
+                        "a part of the file's reader panicked",
+                    )))
                 })
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| {
-                    w.join().unwrap_or_else(|_| {
-                        Err(DatanetError::Io(std::io::Error::other(
-                            "a part of the file's reader panicked",
-                        )))
-                    })
-                })
-                .collect()
-        });
-        let mut ids = Vec::new();
-        let mut leaves = LeafBuckets::default();
-        let mut errors = ErrorReport::default();
-        let mut lines_before = 0;
-        for outcome in outcomes {
-            let part = outcome?;
-            ids.extend(part.ids);
-            leaves.merge(part.leaves);
-            let mut shifted = part.errors;
-            for e in &mut shifted.errors {
-                e.row += lines_before;
-            }
-            errors.merge(shifted);
-            lines_before += part.lines;
+            })
+            .collect()
+    });
+    let mut ids = Vec::new();
+    let mut leaves = LeafBuckets::default();
+    let mut errors = ErrorReport::default();
+    let mut lines_before = 0;
+    for outcome in outcomes {
+        let part = outcome?;
+        ids.extend(part.ids);
+        leaves.merge(part.leaves);
+        let mut shifted = part.errors;
+        for e in &mut shifted.errors {
+            e.row += lines_before;
         }
-        let root = leaves.into_tree().root();
-        Ok(BatchCommitment { ids, root, errors })
+        errors.merge(shifted);
+        lines_before += part.lines;
     }
+    let root = leaves.into_tree().root();
+    Ok(BatchCommitment { ids, root, errors })
 }
 
 /// Where the parts start: `parts + 1` offsets from 0 to `length`, each part starting at the
