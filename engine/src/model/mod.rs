@@ -31,6 +31,8 @@ pub fn device() -> candle_core::Device {
     #[cfg(feature = "cuda")]
     {
         if let Ok(d) = candle_core::Device::cuda_if_available(0) {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| tracing::info!(device = ?d, "models run on the GPU"));
             return d;
         }
     }
