@@ -132,30 +132,50 @@ impl FinishIndex {
     }
 
     fn build(self, rows: Vec<RecordId>) -> Result<(), DatanetError> {
-        {
-            // The next contribution's lookups trust the filter; it waits for us first.
-            let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-            for record in &rows {
-                known.insert(record);
-            }
-        }
-        let sorted = sorted_rows(&rows);
-        drop(rows);
-        let location = |row: u32| RecordLocation {
-            batch: self.batch,
-            row,
-            contributor: self.contributor,
-        };
-        let file = write_index_files(
+        index_batch(
             &self.store,
             &self.tmp,
             &self.datanet,
-            &sorted,
-            |(r, row)| (*r, location(*row)),
-        );
-        let entries = sorted.iter().map(|(r, row)| (*r, location(*row)));
-        load_index(&self.store, &self.datanet, self.batch, entries, file)
+            self.batch,
+            self.contributor,
+            rows,
+            Some(&self.known),
+        )
     }
+}
+
+/// Writes the record index of batch `batch` of Datanet `datanet`, whose new records are
+/// `rows` in row order, through SST files, and clears its pending marker; first adds them
+/// to the Datanet's filter of known ids, if it has one, which the next contribution trusts.
+/// Entries already there are written again with the same values, so this may follow a
+/// partial attempt.
+fn index_batch(
+    store: &Store,
+    tmp: &Path,
+    datanet: &str,
+    batch: u64,
+    contributor: Address,
+    rows: Vec<RecordId>,
+    known: Option<&Mutex<KnownIds>>,
+) -> Result<(), DatanetError> {
+    if let Some(known) = known {
+        let mut known = known.lock().unwrap_or_else(|p| p.into_inner());
+        for record in &rows {
+            known.insert(record);
+        }
+    }
+    let sorted = sorted_rows(&rows);
+    drop(rows);
+    let location = |row: u32| RecordLocation {
+        batch,
+        row,
+        contributor,
+    };
+    let file = write_index_files(store, tmp, datanet, &sorted, |(r, row)| {
+        (*r, location(*row))
+    });
+    let entries = sorted.iter().map(|(r, row)| (*r, location(*row)));
+    load_index(store, datanet, batch, entries, file)
 }
 
 /// Writes index entries of Datanet `id`, sorted by record id, as SST files: the two halves of
@@ -597,33 +617,29 @@ impl Datanets {
         Ok(pending.len())
     }
 
-    /// Writes the record index of batch `batch_id` of Datanet `id` from its segment and clears
-    /// its pending marker; returns the batch's record ids. Entries already there are written
-    /// again with the same values, so this may follow a partial attempt.
-    pub(crate) fn index_from_segment(
-        &self,
-        id: &str,
-        batch_id: u64,
-    ) -> Result<Vec<RecordId>, DatanetError> {
+    /// Writes the record index of batch `batch_id` of Datanet `id` from its segment (see
+    /// [`index_batch`]): at start-up after a crash, or after an index failed.
+    pub(crate) fn index_from_segment(&self, id: &str, batch_id: u64) -> Result<(), DatanetError> {
         let batch = self.batch(id, batch_id)?;
         let ids = match &batch.segment {
             Some(rel) => self.segment_record_ids(rel)?,
             None => Vec::new(),
         };
-        let location = |row: usize| RecordLocation {
-            batch: batch_id,
-            row: row as u32,
-            contributor: batch.contributor,
-        };
-        let mut entries: Vec<(RecordId, RecordLocation)> = ids
-            .iter()
-            .enumerate()
-            .map(|(row, record)| (*record, location(row)))
-            .collect();
-        merkle::sort_by_hash(&mut entries, |entry| &entry.0);
-        let file = write_index_files(&self.store, &self.dirs.tmp, id, &entries, |e| *e);
-        load_index(&self.store, id, batch_id, entries.iter().copied(), file)?;
-        Ok(ids)
+        let known = self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned();
+        index_batch(
+            &self.store,
+            &self.dirs.tmp,
+            id,
+            batch_id,
+            batch.contributor,
+            ids,
+            known.as_deref(),
+        )
     }
 
     /// For each of `ids`, the batch of Datanet `id` that stored it, if one has. Only the ids
@@ -833,6 +849,15 @@ mod tests {
     const SPEC: &str = r#"{"id": "notes", "name": "Notes", "license": "CC0-1.0", "review": "auto",
       "schema": {"fields": [{"name": "text", "type": "string", "required": true}], "text_field": "text"}}"#;
 
+    /// A Datanet "notes" in `dir` whose every batch's index is finished after its commit.
+    fn bulk_notes(dir: &Path) -> Datanets {
+        let datanets = Datanets::open(dir).expect("open").with_bulk_index_min(1);
+        datanets
+            .create(serde_json::from_str(SPEC).expect("spec"), "carol")
+            .expect("create");
+        datanets
+    }
+
     /// Puts the store in the state a crash (or a failed index thread) right after batch 1's
     /// commit leaves: the pending-index marker set and none of `ids`' index entries.
     fn unindex_batch_one(datanets: &Datanets, ids: &[RecordId]) {
@@ -979,12 +1004,7 @@ mod tests {
     #[test]
     fn an_index_finished_after_the_acknowledgement_is_seen_by_the_next_reader() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let datanets = Datanets::open(dir.path())
-            .expect("open")
-            .with_bulk_index_min(1);
-        datanets
-            .create(serde_json::from_str(SPEC).expect("spec"), "carol")
-            .expect("create");
+        let datanets = bulk_notes(dir.path());
         let key = Key::generate();
         let contribute =
             |lines: Vec<String>| contribute_jsonl(&datanets, &key, lines.concat().as_bytes());
@@ -1010,12 +1030,7 @@ mod tests {
     #[test]
     fn a_failed_index_is_rebuilt_by_the_next_reader() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let datanets = Datanets::open(dir.path())
-            .expect("open")
-            .with_bulk_index_min(1);
-        datanets
-            .create(serde_json::from_str(SPEC).expect("spec"), "carol")
-            .expect("create");
+        let datanets = bulk_notes(dir.path());
         let rows = "{\"text\": \"a\"}\n{\"text\": \"b\"}\n{\"text\": \"c\"}\n";
         let (_, ids) = contribute_jsonl(&datanets, &Key::generate(), rows.as_bytes());
         datanets.index_ready("notes").expect("index finished");
@@ -1030,12 +1045,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let rows = "{\"text\": \"a\"}\n{\"text\": \"b\"}\n{\"text\": \"c\"}\n";
         let ids: Vec<RecordId> = {
-            let datanets = Datanets::open(dir.path())
-                .expect("open")
-                .with_bulk_index_min(1);
-            datanets
-                .create(serde_json::from_str(SPEC).expect("spec"), "carol")
-                .expect("create");
+            let datanets = bulk_notes(dir.path());
             let (_, ids) = contribute_jsonl(&datanets, &Key::generate(), rows.as_bytes());
             datanets.index_ready("notes").expect("index finished");
             unindex_batch_one(&datanets, &ids);

@@ -23,7 +23,8 @@ use crate::merkle::LeafBuckets;
 const MIN_PART_BYTES: u64 = 4 << 20;
 
 /// One part's outcome: its valid rows' ids, their leaves, its bad rows (numbered from its own
-/// first line) and how many lines it had.
+/// first line) and its newlines, which for every part but the last, ending as it does with a
+/// newline, is how many lines it had: the count the next part's row numbers start after.
 struct Part {
     ids: Vec<RecordId>,
     leaves: LeafBuckets,
@@ -181,18 +182,8 @@ fn read_part(
         part.ids.extend(ids);
     }
     drop(reader);
-    // A last line without a newline is a line too, as the reader numbers it.
-    let unterminated = end > start && !ends_with_newline(path, end)?;
-    part.lines = newlines.load(Ordering::Relaxed) + u64::from(unterminated);
+    part.lines = newlines.load(Ordering::Relaxed);
     Ok(part)
-}
-
-fn ends_with_newline(path: &Path, end: u64) -> Result<bool, DatanetError> {
-    let mut file = File::open(path)?;
-    file.seek(SeekFrom::Start(end - 1))?;
-    let mut last = [0u8; 1];
-    file.read_exact(&mut last)?;
-    Ok(last[0] == b'\n')
 }
 
 #[cfg(test)]

@@ -81,17 +81,26 @@ impl PendingIndexes {
 
     /// Rebuilds a failed index of `datanet` with `rebuild` (given the failed batch), one caller
     /// at a time, and clears the failure once it succeeds; then waits as [`Self::wait`] does.
-    pub(crate) fn recover<E>(
+    /// A rebuild that fails leaves the failure, its reason added.
+    pub(crate) fn recover<E: std::fmt::Display>(
         &self,
         datanet: &str,
         rebuild: impl FnOnce(u64) -> Result<(), E>,
-    ) -> Result<Result<(), IndexFailure>, E> {
+    ) -> Result<(), IndexFailure> {
         let _one = self.rebuilding.lock().unwrap_or_else(|p| p.into_inner());
         // Another caller may have rebuilt it while this one waited for the lock.
         let Err(failure) = self.wait(datanet) else {
-            return Ok(Ok(()));
+            return Ok(());
         };
-        rebuild(failure.batch)?;
+        if let Err(e) = rebuild(failure.batch) {
+            return Err(IndexFailure {
+                batch: failure.batch,
+                message: format!(
+                    "{}; rebuilding it from the segment failed too: {e}",
+                    failure.message
+                ),
+            });
+        }
         let mut state = self.state();
         if let Some(pending) = state.get_mut(datanet) {
             pending.failed = None;
@@ -101,7 +110,7 @@ impl PendingIndexes {
         }
         drop(state);
         self.changed.notify_all();
-        Ok(self.wait(datanet))
+        self.wait(datanet)
     }
 
     /// Waits until no Datanet has an index in flight.
@@ -193,11 +202,17 @@ mod tests {
         assert_eq!(pending.wait("a"), Err(failure));
         pending.wait_all();
         // A rebuild that fails leaves the failure; one that succeeds clears it.
-        let rebuilt = pending.recover("a", |batch| Err::<(), _>(batch));
-        assert_eq!(rebuilt, Err(7));
+        let rebuilt = pending.recover("a", |batch| Err(format!("segment of batch {batch} gone")));
+        assert_eq!(
+            rebuilt.map_err(|f| f.message),
+            Err(
+                "disk full; rebuilding it from the segment failed too: segment of batch 7 gone"
+                    .into()
+            )
+        );
         assert!(pending.wait("a").is_err());
-        let rebuilt = pending.recover("a", |_| Ok::<_, ()>(()));
-        assert_eq!(rebuilt, Ok(Ok(())));
+        let rebuilt = pending.recover("a", |_| Ok::<_, String>(()));
+        assert_eq!(rebuilt, Ok(()));
         assert_eq!(pending.wait("a"), Ok(()));
         assert!(pending.state().is_empty());
     }

@@ -127,7 +127,7 @@ pub struct Datanets {
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Per Datanet, the record ids its index may hold, built the first time a contribution
     /// needs them; changed only under the Datanet's lock.
-    known: Mutex<HashMap<String, Arc<Mutex<KnownIds>>>>,
+    pub(crate) known: Mutex<HashMap<String, Arc<Mutex<KnownIds>>>>,
     pub(crate) validators: ValidatorChain,
     /// Where the validator plugins that Datanets attach are found.
     pub(crate) resolver: Option<Arc<dyn ValidatorResolver>>,
@@ -375,33 +375,13 @@ impl Datanets {
             batch = failure.batch,
             "rebuilding a record index that failed"
         );
-        let unfinished =
-            |failure: super::pending_index::IndexFailure| DatanetError::IndexUnfinished {
+        self.pending
+            .recover(id, |batch| self.index_from_segment(id, batch))
+            .map_err(|failure| DatanetError::IndexUnfinished {
                 datanet: id.to_string(),
                 batch: failure.batch,
                 message: failure.message,
-            };
-        let rebuilt = self.pending.recover(id, |batch| {
-            let ids = self.index_from_segment(id, batch)?;
-            // The filter may have missed them if the index's thread never ran.
-            if let Some(known) = self.known.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
-                let mut known = known.lock().unwrap_or_else(|p| p.into_inner());
-                for record in &ids {
-                    known.insert(record);
-                }
-            }
-            Ok::<_, DatanetError>(())
-        });
-        match rebuilt {
-            Ok(outcome) => outcome.map_err(unfinished),
-            Err(e) => Err(unfinished(super::pending_index::IndexFailure {
-                batch: failure.batch,
-                message: format!(
-                    "{}; rebuilding it from the segment failed too: {e}",
-                    failure.message
-                ),
-            })),
-        }
+            })
     }
 
     pub(crate) fn lock(&self, id: &str) -> Arc<Mutex<()>> {

@@ -88,9 +88,7 @@ fn place(buckets: &[Vec<Hash>], region: &mut [Hash]) {
         slots.push((bucket, slot));
         rest = tail;
     }
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |t| t.get())
-        .min(8);
+    let threads = super::worker_threads();
     let total: usize = buckets.iter().map(Vec::len).sum();
     if threads < 2 || total < PARALLEL_LEAVES {
         for (bucket, slot) in slots {

@@ -43,24 +43,35 @@ pub fn leaves_bytes32(values: &[Hash]) -> Vec<Hash> {
 
 /// Appends [`leaf_bytes32`] of every value to `leaves`, hashed where they land.
 pub fn push_leaves_bytes32(values: &[Hash], leaves: &mut Vec<Hash>) {
-    let start = leaves.len();
-    leaves.resize(start + values.len(), [0u8; 32]);
-    keccak::hash_many(&mut leaves[start..], true, |i| values[i]);
+    push_keccak(values, true, leaves);
 }
 
 /// The first of the two hashes of [`leaf_bytes32`], `keccak256(value)`, of every value: a
 /// pipeline splits the leaf between two threads with it and [`push_leaves_from_first`].
 pub fn first_hashes_bytes32(values: &[Hash]) -> Vec<Hash> {
-    let mut first = vec![[0u8; 32]; values.len()];
-    keccak::hash_many(&mut first, false, |i| values[i]);
+    let mut first = Vec::with_capacity(values.len());
+    push_keccak(values, false, &mut first);
     first
 }
 
 /// Appends the leaves whose first hashes ([`first_hashes_bytes32`]) are `first`.
 pub fn push_leaves_from_first(first: &[Hash], leaves: &mut Vec<Hash>) {
-    let start = leaves.len();
-    leaves.resize(start + first.len(), [0u8; 32]);
-    keccak::hash_many(&mut leaves[start..], false, |i| first[i]);
+    push_keccak(first, false, leaves);
+}
+
+/// Appends `keccak256` of every value (of that again when `twice`) to `out`, hashed where
+/// they land.
+fn push_keccak(values: &[Hash], twice: bool, out: &mut Vec<Hash>) {
+    let start = out.len();
+    out.resize(start + values.len(), [0u8; 32]);
+    keccak::hash_many(&mut out[start..], twice, |i| values[i]);
+}
+
+/// How many threads a large tree's work is split over.
+fn worker_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |t| t.get())
+        .min(8)
 }
 
 /// The leaf hash of an `(address, uint256)` pair, as payout trees use.
@@ -205,9 +216,7 @@ fn hash_level(parents: &mut [Hash], first: usize, children: &[Hash], offset: usi
             pair_block(&children[2 * i + 1 - offset], &children[2 * i + 2 - offset])
         });
     };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |t| t.get())
-        .min(8);
+    let threads = worker_threads();
     if parents.len() < PARALLEL_LEVEL || threads < 2 {
         fill(parents, first);
         return;
